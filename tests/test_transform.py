@@ -1,0 +1,253 @@
+"""The LaPerm transformation against the NumPy reference, step by step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import laperm_jax
+from tests import reference
+
+KERNELS = ('dense', 'conv')
+
+
+def make_params(seed=0):
+  rng = np.random.default_rng(seed)
+  return {
+      'dense': rng.uniform(-1, 1, (5, 4)).astype(np.float32),
+      'conv': rng.uniform(-1, 1, (2, 2, 3, 4)).astype(np.float32),
+      'bias': rng.uniform(-1, 1, (4,)).astype(np.float32),
+      'norm_scale': np.ones((4,), np.float32),
+  }
+
+
+def make_grads(num_steps, seed=1):
+  rng = np.random.default_rng(seed)
+  template = make_params()
+  return [{k: rng.normal(size=v.shape).astype(np.float32)
+           for k, v in template.items()} for _ in range(num_steps)]
+
+
+def run_laperm(tx, params, grads_seq):
+  params = {k: jnp.asarray(v) for k, v in params.items()}
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  history = []
+  for grads in grads_seq:
+    params, state = step(params, state, grads)
+    history.append((jax.device_get(params), state))
+  return history
+
+
+@pytest.mark.parametrize('k', [1, 2, 3])
+@pytest.mark.parametrize('inner_name', ['sgd', 'adam'])
+def test_trajectory_matches_numpy_reference(k, inner_name):
+  params, grads_seq = make_params(), make_grads(7)
+  if inner_name == 'sgd':
+    tx_inner, ref_inner = optax.sgd(0.05), reference.SGD(0.05)
+  else:
+    tx_inner, ref_inner = optax.adam(0.05), reference.Adam(0.05)
+  got = run_laperm(laperm_jax.laperm(tx_inner, k), params, grads_seq)
+  want = reference.trajectory(params, grads_seq, ref_inner, k, KERNELS)
+  for step, ((got_params, state), (want_params, synced)) in enumerate(
+      zip(got, want), start=1):
+    assert synced == (step % k == 0)
+    assert int(state.count) == step
+    assert int(state.steps_since_sync) == step % k
+    for key in params:  # XLA may fuse arithmetic (FMA): ulps apart
+      np.testing.assert_allclose(got_params[key], want_params[key],
+                                 rtol=1e-5, atol=1e-6,
+                                 err_msg=f'step {step}, {key}')
+    if synced:  # the same arrangement of exactly the initial values
+      for key in KERNELS:
+        pool = reference.pool_of(params[key])
+        np.testing.assert_array_equal(
+            reference.reconnect(got_params[key], pool),
+            reference.reconnect(want_params[key], pool),
+            err_msg=f'step {step}, {key}')
+        np.testing.assert_array_equal(
+            laperm_jax.reconnect({key: got_params[key]},
+                                 {key: state.pool[key]})[key],
+            reference.reconnect(want_params[key], pool))
+
+
+def test_syncs_land_on_multiples_of_k_and_pool_never_changes():
+  params, grads_seq = make_params(), make_grads(9)
+  history = run_laperm(laperm_jax.laperm(optax.adam(0.1), 4), params,
+                       grads_seq)
+  pool0 = history[0][1].pool
+  for step, (p, state) in enumerate(history, start=1):
+    perm = laperm_jax.is_permutation_of_pool(
+        laperm_jax.reconnect(p, state.pool), state.pool)
+    assert all(jax.tree.leaves(perm))
+    is_exact_permutation = all(jax.tree.leaves(
+        laperm_jax.is_permutation_of_pool(p, state.pool)))
+    if step % 4:
+      assert not is_exact_permutation, f'step {step} should not be synced'
+    for key in KERNELS:
+      np.testing.assert_array_equal(state.pool[key], pool0[key])
+    assert isinstance(state.pool['bias'], optax.MaskedNode)
+
+
+def test_non_kernels_follow_the_inner_optimizer_alone():
+  params, grads_seq = make_params(), make_grads(4)
+  got = run_laperm(laperm_jax.laperm(optax.sgd(0.1), 2), params, grads_seq)
+  plain = dict(params)
+  for grads in grads_seq:
+    plain = {k: (plain[k] - np.float32(0.1) * grads[k]).astype(np.float32)
+             for k in plain}
+  for key in ('bias', 'norm_scale'):  # ulps apart where XLA fuses an FMA
+    np.testing.assert_allclose(got[-1][0][key], plain[key], rtol=1e-6,
+                               atol=1e-7)
+
+
+def test_apply_updates_error_bound_and_exact_cases():
+  # Values spread over many binades so that p + (q - p) rounds.
+  rng = np.random.default_rng(3)
+  kernel = (rng.standard_cauchy((64, 8)) * 10.0 ** rng.integers(
+      -6, 6, (64, 8))).astype(np.float32)
+  kernel[::5] = 0.0
+  params = {'w': jnp.asarray(kernel)}
+  tx = laperm_jax.laperm(optax.sgd(1.0), 1)
+  state = tx.init(params)
+  grads = {'w': jnp.asarray(rng.normal(size=kernel.shape).astype(np.float32)
+                            * np.abs(kernel))}
+  updates, state = tx.update(grads, state, params)
+  applied = np.asarray(optax.apply_updates(params, updates)['w'])
+  candidate = kernel - np.asarray(grads['w'])
+  exact = reference.reconnect(candidate, reference.pool_of(kernel))
+  np.testing.assert_array_equal(
+      np.asarray(laperm_jax.reconnect({'w': jnp.asarray(candidate)},
+                                      state.pool)['w']), exact)
+  bound = np.spacing(np.maximum(np.abs(kernel), np.abs(exact)))
+  assert np.all(np.abs(applied - exact) <= bound)
+  exact_cases = (exact == 0) | (exact == kernel)
+  assert exact_cases.any()
+  np.testing.assert_array_equal(applied[exact_cases], exact[exact_cases])
+  # An exact export: reconnecting the applied weights gives pool values.
+  exported = laperm_jax.reconnect({'w': jnp.asarray(applied)}, state.pool)
+  assert bool(laperm_jax.is_permutation_of_pool(exported, state.pool)['w'])
+
+
+def test_schedule_counts_from_last_sync():
+  periods = []
+  def schedule(count):
+    periods.append(count)
+    return jnp.where(count < 4, 2, 3)
+  params = {'w': jnp.asarray(make_params()['dense'])}
+  tx = laperm_jax.laperm(optax.sgd(0.1), schedule)
+  state = tx.init(params)
+  synced_steps = []
+  for step in range(1, 11):
+    grads = {'w': jnp.ones_like(params['w']) * step}
+    _, state = tx.update(grads, state, params)
+    if int(state.steps_since_sync) == 0:
+      synced_steps.append(step)
+  # k = 2 while count < 4 (calls 1..4), then k = 3 counted from the last sync.
+  assert synced_steps == [2, 4, 7, 10]
+
+
+def test_reset_inner_state_only_at_syncs():
+  params = {'w': jnp.asarray(make_params()['dense'])}
+  grads = {'w': jnp.ones_like(params['w'])}
+  for reset in (False, True):
+    tx = laperm_jax.laperm(optax.adam(0.1), 2, reset_inner_state=reset)
+    state = tx.init(params)
+    _, state = tx.update(grads, state, params)
+    assert int(state.inner_state[0].count) == 1
+    _, state = tx.update(grads, state, params)
+    assert int(state.inner_state[0].count) == (0 if reset else 2)
+
+
+def test_chain_with_clipping_inside_and_outside():
+  params, grads_seq = make_params(), make_grads(4)
+  outside = optax.chain(optax.clip_by_global_norm(1.0),
+                        laperm_jax.laperm(optax.adam(0.05), 2))
+  inside = laperm_jax.laperm(
+      optax.chain(optax.clip_by_global_norm(1.0), optax.adam(0.05)), 2)
+  got_outside = run_laperm(outside, params, grads_seq)[-1][0]
+  got_inside = run_laperm(inside, params, grads_seq)[-1][0]
+  for key in params:
+    np.testing.assert_allclose(got_outside[key], got_inside[key], rtol=1e-6)
+  pool = laperm_jax.sorted_pool({k: jnp.asarray(v) for k, v in params.items()})
+  assert all(jax.tree.leaves(laperm_jax.is_permutation_of_pool(
+      laperm_jax.reconnect(got_inside, pool), pool)))
+
+
+def test_jit_does_not_retrace():
+  params = {k: jnp.asarray(v) for k, v in make_params().items()}
+  tx = laperm_jax.laperm(optax.adam(1e-2), 2)
+  traces = []
+
+  @jax.jit
+  def step(params, state, grads):
+    traces.append(None)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  state = tx.init(params)
+  for grads in make_grads(5):
+    params, state = step(params, state, grads)
+  assert len(traces) == 1
+
+
+def test_eval_shape_and_map_params():
+  params = {k: jnp.asarray(v) for k, v in make_params().items()}
+  tx = laperm_jax.laperm(optax.adam(1e-2), 2)
+  shapes = jax.eval_shape(tx.init, params)
+  assert isinstance(shapes, laperm_jax.LaPermState)
+  assert shapes.pool['conv'].shape == (2, 2, 3, 4)
+  state = tx.init(params)
+  doubled = optax.tree.map_params(tx.init, lambda p: p * 2, state)
+  np.testing.assert_array_equal(doubled.pool['dense'],
+                                2 * np.asarray(state.pool['dense']))
+
+
+def test_non_sync_steps_do_not_sort():
+  params = {k: jnp.asarray(v) for k, v in make_params().items()}
+  tx = laperm_jax.laperm(optax.adam(1e-2), 3)
+  state = tx.init(params)
+  jaxpr = jax.make_jaxpr(lambda g, s, p: tx.update(g, s, p))(
+      params, state, params)
+  top_level = [eqn.primitive.name for eqn in jaxpr.jaxpr.eqns]
+  assert 'cond' in top_level
+  assert 'sort' not in top_level  # the sort lives only inside the cond
+
+
+def test_vector_axes_for_out_in_layout():
+  rng = np.random.default_rng(5)
+  w = rng.normal(size=(3, 6)).astype(np.float32)  # Equinox Linear: (out, in)
+  params = {'w': jnp.asarray(w)}
+  pool = laperm_jax.sorted_pool(params, vector_axes=-1)
+  np.testing.assert_array_equal(pool['w'], np.sort(w, axis=1))
+  current = rng.normal(size=w.shape).astype(np.float32)
+  got = laperm_jax.reconnect({'w': jnp.asarray(current)}, pool,
+                             vector_axes=-1)
+  np.testing.assert_array_equal(
+      got['w'], reference.reconnect(current, np.sort(w, axis=1), axes=(1,)))
+
+
+def test_sparse_and_shared_value_init():
+  params = {'w': jnp.ones((200, 50)), 'b': jnp.ones(50)}
+  key = jax.random.key(0)
+  sparse = laperm_jax.sparse_init(key, params, {'w': 0.3, 'b': 1.0})
+  assert 0.27 < float(jnp.mean(sparse['w'] != 0)) < 0.33
+  np.testing.assert_array_equal(sparse['b'], params['b'])
+  agnostic = laperm_jax.shared_value_init(key, params, 0.03, 0.25)
+  values = np.unique(np.asarray(agnostic['w']))
+  np.testing.assert_array_equal(values, np.array([0, 0.03], np.float32))
+  # Zeros are part of the pool: a sync keeps each column's zero count.
+  tx = laperm_jax.laperm(optax.adam(0.1), 1)
+  state = tx.init(agnostic)
+  grads = jax.tree.map(lambda p: jax.random.normal(key, p.shape), agnostic)
+  updates, _ = tx.update(grads, state, agnostic)
+  synced = optax.apply_updates(agnostic, updates)
+  np.testing.assert_array_equal(jnp.sum(synced['w'] == 0, axis=0),
+                                jnp.sum(agnostic['w'] == 0, axis=0))
+  assert not np.array_equal(synced['w'], agnostic['w'])
