@@ -1,0 +1,62 @@
+"""Named configurations: the paper's published runs and CPU-sized ones.
+
+A preset only sets defaults; any CLI flag given with it overrides them.
+``paper_*`` presets reproduce the official configuration (paper-notes.md,
+section 3) and are meant for a TPU/GPU with ``--data-source tfds``;
+``cpu_*`` presets are the ones measured on 2 CPU cores in RESULTS.md.
+"""
+
+from __future__ import annotations
+
+F2_DENSITY = [1 / 15, 1 / 7, 1 / 3]  # F2 keeps 1/15, 1/7, 1/3 per layer.
+
+_CONV7 = dict(model='conv7', batch_size=50, lr=1e-3, lr_schedule='exp:0.95',
+              augment='mnist', preprocess='scale', permute_biases=True)
+_CIFAR_VGG = dict(dataset='cifar10', batch_size=50, epochs=125, lr=1e-3,
+                  lr_schedule='step:0.6:10', k='1000', augment='cifar',
+                  preprocess='raw', weight_decay=1e-4,
+                  weight_decay_scope='kernels')
+_RESNET = dict(model='resnet50', dataset='cifar10', batch_size=50,
+               epochs=200, lr=1e-3, lr_schedule='resnet', k='400',
+               augment='cifar_shift', preprocess='mean', weight_decay=1e-4,
+               weight_decay_scope='conv')
+_F1 = dict(model='f1', batch_size=128, lr=1e-3, lr_schedule='exp:0.95',
+           k='250', init='shared', density=[0.6], shared_value=0.08)
+_F2 = dict(model='f2', batch_size=128, lr=1e-3, lr_schedule='exp:0.95',
+           k='250', init='shared', density=F2_DENSITY, shared_value=0.03,
+           weight_decay=1e-4, weight_decay_scope='hidden')
+
+PRESETS: dict[str, dict] = {
+    # --- the published configurations (for Colab TPU / GPU) ---------------
+    'paper_conv7_mnist': dict(_CONV7, dataset='mnist', epochs=45, k='1200'),
+    'paper_conv2_cifar10': dict(_CIFAR_VGG, model='conv2'),
+    'paper_conv4_cifar10': dict(_CIFAR_VGG, model='conv4'),
+    'paper_conv13_cifar10': dict(_CIFAR_VGG, model='conv13'),
+    # The same with the normalisation bug fixed (x/255 minus the mean).
+    'paper_conv4_cifar10_corrected': dict(_CIFAR_VGG, model='conv4',
+                                          preprocess='mean'),
+    'paper_resnet50_cifar10': dict(_RESNET),
+    'paper_resnet50_cifar10_pruned30': dict(_RESNET, k='800', init='sparse',
+                                            density=[0.7]),
+    'paper_resnet50_cifar10_pruned50': dict(_RESNET, k='800', init='sparse',
+                                            density=[0.5]),
+    'paper_resnet50_cifar10_pruned70': dict(_RESNET, k='800', init='sparse',
+                                            density=[0.3]),
+    'paper_f1_mnist': dict(_F1, dataset='mnist', epochs=10),
+    'paper_f2_mnist': dict(_F2, dataset='mnist', epochs=25),
+    # --- CPU-sized (2 cores), measured in RESULTS.md -----------------------
+    'cpu_lenet300_mnist5k': dict(model='lenet300', dataset='mnist5k',
+                                 batch_size=50, epochs=20, k='20'),
+    'cpu_lenet300_fashion': dict(model='lenet300', dataset='fashion_mnist',
+                                 batch_size=100, epochs=10, k='100'),
+    'cpu_conv7_mnist5k': dict(_CONV7, dataset='mnist5k', epochs=15, k='80'),
+    'cpu_conv7_fashion': dict(_CONV7, dataset='fashion_mnist', epochs=2,
+                              k='200', augment='none'),
+    'cpu_f1_fashion': dict(_F1, dataset='fashion_mnist', epochs=10),
+    'cpu_f2_fashion': dict(_F2, dataset='fashion_mnist', epochs=10),
+    'cpu_f1_mnist5k': dict(_F1, dataset='mnist5k', epochs=25, k='31'),
+    'cpu_f2_mnist5k': dict(_F2, dataset='mnist5k', epochs=25, k='31'),
+    # Tiny, for smoke tests and the notebook's CPU check.
+    'tiny_digits': dict(model='lenet300', dataset='digits', batch_size=32,
+                        epochs=1, k='5'),
+}

@@ -1,0 +1,514 @@
+"""One training run: LaPerm(Adam) or plain Adam on the same pipeline.
+
+The protocol (better than the original's, see paper-notes.md section 5):
+
+* LaPerm syncs on steps k, 2k, ... (1-based). Evaluations happen only at
+  sync steps -- every ``eval_interval`` steps, the multiple of k nearest to
+  ``eval_every`` (default one epoch) -- and at the end. An evaluation at a
+  sync step uses ``reconnect(params, pool)``, the exact sync, so every
+  evaluated model is a true per-vector permutation of theta_0 (the trained
+  params differ from it only by rounding of ``p + (q - p)``).
+* If the last step is not a sync step, the raw final weights are evaluated
+  (recorded with ``after_sync: false``) and then one explicit final sync
+  (``reconnect``) is applied and evaluated: the reported final accuracy is
+  always post-sync.
+* The Adam baseline runs the identical pipeline (data order, dropout keys,
+  schedule, evaluation steps), only without syncs.
+* ``best_test_accuracy`` is the maximum over post-sync evaluations (all
+  evaluations for Adam). It is selected on the test set, hence optimistic;
+  ``final_test_accuracy`` is the unbiased number.
+* With ``track_syncs`` every sync is evaluated twice: just before the sync
+  (the params after the inner Adam step of that same step, computed from the
+  public ``LaPermState.inner_state``) and just after; it also records the
+  fraction of reconnected weights whose value changed since the previous sync
+  and, for sparse runs, connections created (0 -> non-0) and removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import laperm_jax
+from experiments import augment as augment_lib
+from experiments import data as data_lib
+from experiments import models as models_lib
+
+PREPROCESSING = ('scale', 'raw', 'mean')
+INITS = ('default', 'sparse', 'shared')
+OPTIMIZERS = ('laperm', 'adam')
+DECAY_SCOPES = ('kernels', 'conv', 'hidden')
+
+
+@dataclasses.dataclass
+class RunConfig:
+  """Everything that defines a run; recorded in results.json."""
+  model: str = 'lenet300'
+  dataset: str = 'mnist5k'
+  optimizer: str = 'laperm'
+  k: str | int | None = None      # int steps, 'Nep' (N epochs), None = 1 epoch
+  epochs: float = 10.0
+  batch_size: int = 50
+  lr: float = 1e-3
+  lr_schedule: str = 'constant'  # constant | exp:R | step:R:E | resnet
+  init: str = 'default'          # default | sparse | shared
+  density: Any = 1.0             # float, or one float per layer (list)
+  shared_value: float = 0.08
+  seed: int = 0
+  augment: str = 'none'
+  preprocess: str = 'scale'      # scale (x/255) | raw (0-255) | mean
+  weight_decay: float = 0.0      # Keras-style L2: loss += wd * sum(w**2)
+  weight_decay_scope: str = 'kernels'
+  permute_biases: bool | None = None  # None: the model's paper setting
+  eval_every: int | None = None  # steps between evaluations; None = 1 epoch
+  max_steps: int | None = None   # cap on total steps (smoke tests)
+  train_subset: int | None = None
+  test_subset: int | None = None
+  data_source: str = 'auto'
+  data_dir: str | None = None
+  track_syncs: bool = False
+  eval_batch_size: int = 1000
+
+
+def parse_k(k, steps_per_epoch: int) -> int:
+  """'250' -> 250; '2ep' -> 2 epochs of steps; None -> one epoch."""
+  if k is None:
+    return steps_per_epoch
+  if isinstance(k, str) and k.endswith('ep'):
+    return max(1, int(round(float(k[:-2]) * steps_per_epoch)))
+  value = int(k)
+  if value < 1:
+    raise ValueError(f'k must be >= 1, got {k}')
+  return value
+
+
+def make_schedule(cfg: RunConfig, steps_per_epoch: int):
+  """The per-epoch Keras learning-rate schedules, as optax step schedules."""
+  base, spec = cfg.lr, cfg.lr_schedule
+  epoch_of = lambda count: count // steps_per_epoch
+  if spec == 'constant':
+    return optax.constant_schedule(base)
+  if spec.startswith('exp:'):
+    rate = float(spec.split(':')[1])
+    return lambda count: base * rate ** epoch_of(count)
+  if spec.startswith('step:'):
+    _, rate, every = spec.split(':')
+    return lambda count: base * float(rate) ** (epoch_of(count) // int(every))
+  if spec == 'resnet':
+    def resnet(count):
+      e = epoch_of(count)
+      factor = jnp.where(e > 180, 5e-4, jnp.where(e > 160, 1e-3, jnp.where(
+          e > 120, 1e-2, jnp.where(e > 80, 1e-1, 1.0))))
+      return base * factor
+    return resnet
+  raise ValueError(f'unknown --lr-schedule {spec!r}: use constant, exp:R, '
+                   'step:R:E or resnet')
+
+
+def per_leaf_density(params, density, first_layer: str, mask,
+                     first_layer_floor: float | None):
+  """A full pytree of keep probabilities (1.0 where the mask is False)."""
+  masked_paths = [p for p, f in jax.tree_util.tree_flatten_with_path(mask)[0]
+                  if f]
+  if isinstance(density, (list, tuple)):
+    if len(density) == 1:
+      density = density[0]
+    elif len(density) != len(masked_paths):
+      raise ValueError(f'--density has {len(density)} values but the model '
+                       f'has {len(masked_paths)} kernels')
+  def leaf_density(path, leaf, flag):
+    del leaf
+    if not flag:
+      return 1.0
+    d = (density[masked_paths.index(path)] if isinstance(density, (list, tuple))
+         else float(density))
+    if first_layer_floor is not None and path[0].key == first_layer:
+      d = max(d, first_layer_floor)
+    return float(d)
+  return jax.tree_util.tree_map_with_path(leaf_density, params, mask)
+
+
+def vector_rows(leaf: np.ndarray) -> np.ndarray:
+  """(vector length, number of vectors): every axis but the last is a vector."""
+  return leaf.reshape(-1, leaf.shape[-1]) if leaf.ndim >= 2 else leaf[:, None]
+
+
+def exact_permutation_check(params, params0, mask) -> bool:
+  """Independent check: every masked leaf, per vector, sorts to theta_0."""
+  flags = jax.tree.leaves(mask)
+  leaves = jax.tree.leaves(params)
+  leaves0 = jax.tree.leaves(params0)
+  ok = True
+  for flag, leaf, leaf0 in zip(flags, leaves, leaves0):
+    if flag:
+      a = np.sort(vector_rows(np.asarray(leaf)), axis=0)
+      b = np.sort(vector_rows(np.asarray(leaf0)), axis=0)
+      ok &= bool(np.array_equal(a, b))
+  return ok if any(flags) else False
+
+
+@dataclasses.dataclass
+class RunResult:
+  config: RunConfig
+  results: dict           # the results.json content
+  params0: Any            # theta_0 (after sparse / shared set-up), host numpy
+  params_final: Any       # final exported params (post-sync for LaPerm)
+  batch_stats: Any
+  mask: Any               # reconnected leaves
+  evaluate: Any           # evaluate(params, batch_stats) -> (acc, loss)
+  sync_records: list
+
+
+def to_host(tree):
+  return jax.tree.map(np.asarray, tree)
+
+
+class Pipeline:
+  """Data, model and jitted train / eval functions for one configuration."""
+
+  def __init__(self, cfg: RunConfig, dataset: data_lib.Dataset | None = None):
+    if cfg.model not in models_lib.MODELS:
+      raise ValueError(f'unknown model {cfg.model!r}')
+    for value, allowed, what in ((cfg.optimizer, OPTIMIZERS, 'optimizer'),
+                                 (cfg.init, INITS, 'init'),
+                                 (cfg.preprocess, PREPROCESSING, 'preprocess'),
+                                 (cfg.weight_decay_scope, DECAY_SCOPES,
+                                  'weight_decay_scope'),
+                                 (cfg.augment, tuple(augment_lib.AUGMENTATIONS),
+                                  'augment')):
+      if value not in allowed:
+        raise ValueError(f'unknown {what} {value!r}; choose from {allowed}')
+    self.cfg = cfg
+    if dataset is None:
+      dataset = data_lib.load(cfg.dataset, cfg.data_source, cfg.data_dir)
+    self.dataset = dataset.subset(cfg.train_subset, cfg.test_subset, cfg.seed)
+    ds = self.dataset
+    self.spec = models_lib.MODELS[cfg.model]
+    if min(ds.image_shape[:2]) < self.spec.min_hw:
+      raise ValueError(f'{cfg.model} needs images of at least '
+                       f'{self.spec.min_hw}x{self.spec.min_hw}; {ds.name} is '
+                       f'{ds.image_shape[0]}x{ds.image_shape[1]}')
+    self.model = self.spec.build(ds.num_classes)
+    self.steps_per_epoch = len(ds.y_train) // cfg.batch_size
+    if self.steps_per_epoch < 1:
+      raise ValueError('batch size larger than the training set')
+    self.total_steps = max(1, int(round(cfg.epochs * self.steps_per_epoch)))
+    if cfg.max_steps is not None:
+      self.total_steps = min(self.total_steps, cfg.max_steps)
+    self.k = parse_k(cfg.k, self.steps_per_epoch)
+    eval_every = cfg.eval_every or self.steps_per_epoch
+    self.eval_interval = self.k * max(1, int(round(eval_every / self.k)))
+    self.augmentation = augment_lib.AUGMENTATIONS[cfg.augment]
+
+    # Data on the device, compact; scaling happens inside the jitted steps.
+    self.x_train = jnp.asarray(ds.x_train)
+    self.y_train = jnp.asarray(ds.y_train)
+    self.pixel_mean = jnp.asarray(
+        ds.x_train.astype(np.float32).mean(axis=0) / ds.max_value)
+    n_test, eb = len(ds.y_test), cfg.eval_batch_size
+    n_batches = math.ceil(n_test / eb)
+    pad = n_batches * eb - n_test
+    x_test = np.concatenate([ds.x_test, np.zeros((pad,) + ds.image_shape,
+                                                 ds.x_test.dtype)])
+    y_test = np.concatenate([ds.y_test, np.zeros(pad, np.int32)])
+    valid = np.arange(n_batches * eb) < n_test
+    self.x_test = jnp.asarray(x_test.reshape((n_batches, eb) + ds.image_shape))
+    self.y_test = jnp.asarray(y_test.reshape(n_batches, eb))
+    self.valid = jnp.asarray(valid.reshape(n_batches, eb))
+    self.n_test = n_test
+    self._epoch_orders = {}
+
+  # -- preprocessing -------------------------------------------------------
+  def preprocess(self, x):
+    x = x.astype(jnp.float32)
+    if self.cfg.preprocess == 'raw':
+      return x
+    x = x / self.dataset.max_value
+    if self.cfg.preprocess == 'mean':
+      x = x - self.pixel_mean
+    return x
+
+  # -- initial parameters --------------------------------------------------
+  def init_variables(self):
+    cfg = self.cfg
+    key = jax.random.key(cfg.seed)
+    k_init, k_sparse = jax.random.split(key)
+    dummy = jnp.zeros((1,) + self.dataset.image_shape, jnp.float32)
+    variables = self.model.init({'params': k_init}, dummy, train=False)
+    params = variables['params']
+    batch_stats = variables.get('batch_stats', {})
+    kernels = models_lib.kernel_mask(params)
+    if cfg.init == 'sparse':
+      density = per_leaf_density(params, cfg.density, self.spec.first_layer,
+                                 kernels, first_layer_floor=0.8)
+      params = laperm_jax.sparse_init(k_sparse, params, density, mask=kernels)
+    elif cfg.init == 'shared':
+      density = per_leaf_density(params, cfg.density, self.spec.first_layer,
+                                 kernels, first_layer_floor=None)
+      params = laperm_jax.shared_value_init(k_sparse, params, cfg.shared_value,
+                                            density, mask=kernels)
+    permute_biases = (self.spec.permute_biases if cfg.permute_biases is None
+                      else cfg.permute_biases)
+    mask = models_lib.reconnect_mask(params, permute_biases)
+    return params, batch_stats, mask
+
+  def decay_mask(self, params):
+    kernels = models_lib.kernel_mask(params)
+    scope = self.cfg.weight_decay_scope
+    if scope == 'conv':
+      return jax.tree.map(lambda f, p: bool(f and p.ndim == 4), kernels, params)
+    if scope == 'hidden':
+      last = sorted(k for k in params if k.startswith('dense'))[-1]
+      return {name: jax.tree.map(lambda f: bool(f and name != last), sub)
+              for name, sub in kernels.items()}
+    return kernels
+
+  # -- optimiser -----------------------------------------------------------
+  def make_optimizer(self, mask):
+    inner = optax.adam(make_schedule(self.cfg, self.steps_per_epoch),
+                       b1=0.9, b2=0.999, eps=1e-7)
+    if self.cfg.optimizer == 'laperm':
+      return inner, laperm_jax.laperm(inner, self.k, mask=mask)
+    return inner, inner
+
+  # -- batches -------------------------------------------------------------
+  def batch_indices(self, start: int, stop: int) -> np.ndarray:
+    """Row indices of steps start+1 .. stop (0-based step start)."""
+    spe, bs = self.steps_per_epoch, self.cfg.batch_size
+    out = []
+    for step in range(start, stop):
+      epoch, pos = divmod(step, spe)
+      if epoch not in self._epoch_orders:
+        self._epoch_orders = {epoch: np.random.default_rng(
+            [self.cfg.seed, epoch]).permutation(len(self.dataset.y_train))}
+      out.append(self._epoch_orders[epoch][pos * bs:(pos + 1) * bs])
+    return np.stack(out).astype(np.int32)
+
+
+def run(cfg: RunConfig, dataset: data_lib.Dataset | None = None,
+        progress: bool = True, pipeline: Pipeline | None = None) -> RunResult:
+  """Trains one configuration and returns its results and weights."""
+  start_time = time.time()
+  pipe = pipeline or Pipeline(cfg, dataset)
+  model, is_laperm = pipe.model, cfg.optimizer == 'laperm'
+  params, batch_stats, mask = pipe.init_variables()
+  params0 = to_host(params)
+  inner, tx = pipe.make_optimizer(mask)
+  opt_state = tx.init(params)
+  pool = opt_state.pool if is_laperm else None
+  has_bn = bool(jax.tree.leaves(batch_stats))
+  decay_mask = pipe.decay_mask(params)
+  wd = cfg.weight_decay
+  base_key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
+
+  def loss_fn(params, batch_stats, x, y, key):
+    variables = {'params': params}
+    if has_bn:
+      variables['batch_stats'] = batch_stats
+    logits, new_vars = model.apply(
+        variables, x, train=True, rngs={'dropout': key},
+        mutable=['batch_stats'] if has_bn else [])
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    loss = ce
+    if wd:
+      l2 = sum(jnp.sum(p ** 2) for p, f in zip(
+          jax.tree.leaves(params), jax.tree.leaves(decay_mask)) if f)
+      loss = loss + wd * l2
+    new_bs = new_vars['batch_stats'] if has_bn else batch_stats
+    return loss, (ce, new_bs)
+
+  def one_step(carry, inputs, x_train, y_train):
+    params, batch_stats, opt_state = carry
+    idx, step = inputs
+    key = jax.random.fold_in(base_key, step)
+    k_aug, k_drop = jax.random.split(key)
+    x = pipe.preprocess(x_train[idx])
+    x = augment_lib.random_affine(k_aug, x, pipe.augmentation)
+    (_, (ce, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, batch_stats, x, y_train[idx], k_drop)
+    updates, new_opt_state = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    return (new_params, batch_stats, new_opt_state), (ce, grads)
+
+  @jax.jit
+  def run_chunk(carry, idx, steps, x_train, y_train):
+    def body(c, inp):
+      c, (ce, _) = one_step(c, inp, x_train, y_train)
+      return c, ce
+    return jax.lax.scan(body, carry, (idx, steps))
+
+  @jax.jit
+  def sync_step(carry, idx, step, x_train, y_train):
+    """One step that also returns the params just before the sync."""
+    params, _, opt_state = carry
+    new_carry, (ce, grads) = one_step(carry, (idx, step), x_train, y_train)
+    inner_updates, _ = inner.update(grads, opt_state.inner_state, params)
+    return new_carry, ce, optax.apply_updates(params, inner_updates)
+
+  @jax.jit
+  def evaluate_jit(params, batch_stats, xs, ys, valid):
+    variables = {'params': params}
+    if has_bn:
+      variables['batch_stats'] = batch_stats
+    def batch(inputs):
+      x, y, v = inputs
+      logits = model.apply(variables, pipe.preprocess(x), train=False)
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+      return (jnp.sum(v * (jnp.argmax(logits, -1) == y)), jnp.sum(v * ce))
+    correct, loss = jax.lax.map(batch, (xs, ys, valid))
+    return jnp.sum(correct), jnp.sum(loss)
+
+  def evaluate(params, batch_stats):
+    correct, loss = evaluate_jit(params, batch_stats, pipe.x_test, pipe.y_test,
+                                 pipe.valid)
+    return float(correct) / pipe.n_test, float(loss) / pipe.n_test
+
+  exact = jax.jit(laperm_jax.reconnect) if is_laperm else None
+
+  @jax.jit
+  def sync_change(prev, cur):
+    """Fraction of reconnected weights changed; connections created/removed."""
+    changed = created = removed = nonzero = total = 0
+    for a, b, f in zip(jax.tree.leaves(prev), jax.tree.leaves(cur),
+                       jax.tree.leaves(mask)):
+      if f:
+        changed += jnp.sum(a != b)
+        created += jnp.sum((a == 0) & (b != 0))
+        removed += jnp.sum((a != 0) & (b == 0))
+        nonzero += jnp.sum(b != 0)
+        total += a.size
+    return changed / total, created, removed, nonzero
+
+  total, k = pipe.total_steps, pipe.k
+  if cfg.track_syncs and is_laperm:
+    points = list(range(k, total + 1, k))
+  else:
+    points = list(range(pipe.eval_interval, total + 1, pipe.eval_interval))
+  if not points or points[-1] != total:
+    points.append(total)
+
+  history, sync_records = [], []
+  carry = (params, batch_stats, opt_state)
+  prev_exact = params
+  step = 0
+  bar = None
+  if progress:
+    from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+    bar = tqdm(total=total, desc=f'{cfg.optimizer} {cfg.model}',
+               unit='step', leave=True)
+  train_time = 0.0
+  for point in points:
+    t0 = time.time()
+    losses = []
+    is_sync = is_laperm and point % k == 0
+    tracked = cfg.track_syncs and is_sync
+    chunk_end = point - 1 if tracked else point
+    if chunk_end > step:
+      idx = pipe.batch_indices(step, chunk_end)
+      steps = jnp.arange(step + 1, chunk_end + 1, dtype=jnp.int32)
+      carry, ce = run_chunk(carry, jnp.asarray(idx), steps, pipe.x_train,
+                            pipe.y_train)
+      losses.append(np.asarray(ce))
+    if tracked:
+      idx = pipe.batch_indices(point - 1, point)[0]
+      carry, ce, pre_sync = sync_step(carry, jnp.asarray(idx),
+                                      jnp.int32(point), pipe.x_train,
+                                      pipe.y_train)
+      losses.append(np.asarray(ce)[None])
+    jax.block_until_ready(carry)
+    train_time += time.time() - t0
+    step = point
+    params, batch_stats, opt_state = carry
+    train_loss = float(np.concatenate(losses).mean()) if losses else None
+    entry = dict(step=point, epoch=point / pipe.steps_per_epoch,
+                 train_loss=train_loss)
+    if is_sync:
+      synced = exact(params, pool)
+      acc, loss = evaluate(synced, batch_stats)
+      history.append(dict(entry, test_accuracy=acc, test_loss=loss,
+                          after_sync=True))
+      if tracked:
+        acc_before, _ = evaluate(pre_sync, batch_stats)
+        frac, created, removed, nonzero = sync_change(prev_exact, synced)
+        sync_records.append(dict(
+            step=point, acc_before=acc_before, acc_after=acc,
+            changed_fraction=float(frac), created=int(created),
+            removed=int(removed), nonzero=int(nonzero)))
+        prev_exact = synced
+    else:
+      acc, loss = evaluate(params, batch_stats)
+      history.append(dict(entry, test_accuracy=acc, test_loss=loss,
+                          after_sync=False))
+      if is_laperm:  # the last step was not a sync step: sync explicitly.
+        synced = exact(params, pool)
+        acc, loss = evaluate(synced, batch_stats)
+        history.append(dict(entry, train_loss=None, test_accuracy=acc,
+                            test_loss=loss, after_sync=True,
+                            explicit_final_sync=True))
+    if bar is not None:
+      bar.update(point - bar.n)
+      bar.set_postfix(test_acc=f'{history[-1]["test_accuracy"]:.4f}')
+  if bar is not None:
+    bar.close()
+
+  params, batch_stats, opt_state = carry
+  if is_laperm:
+    final_params = exact(params, pool)
+    deviation = max(float(jnp.max(jnp.abs(a - b))) for a, b, f in zip(
+        jax.tree.leaves(params), jax.tree.leaves(final_params),
+        jax.tree.leaves(mask)) if f)
+    library_check = all(bool(x) for x in jax.tree.leaves(
+        laperm_jax.is_permutation_of_pool(final_params, pool)))
+  else:
+    final_params, deviation, library_check = params, None, None
+  final_params = to_host(final_params)
+  selectable = [h for h in history if h['after_sync'] or not is_laperm]
+  best = max(selectable, key=lambda h: h['test_accuracy'])
+  n_reconnected = int(sum(np.size(p) for p, f in zip(
+      jax.tree.leaves(params0), jax.tree.leaves(mask)) if f))
+  n_zero0 = int(sum(np.sum(p == 0) for p, f in zip(
+      jax.tree.leaves(params0), jax.tree.leaves(mask)) if f))
+  results = dict(
+      final_test_accuracy=history[-1]['test_accuracy'],
+      best_test_accuracy=best['test_accuracy'],
+      best_step=best['step'],
+      best_selection=('max test accuracy over the evaluations right after '
+                      'a sync (test-set selection: optimistic; the final '
+                      'accuracy is the unbiased figure)' if is_laperm else
+                      'max test accuracy over all evaluations, held at the '
+                      'same steps as the LaPerm run (test-set selection: '
+                      'optimistic)'),
+      exact_permutation=exact_permutation_check(final_params, params0, mask),
+      exact_permutation_library=library_check,
+      max_abs_deviation_training_params_from_exact=deviation,
+      history=history,
+      sync_records=sync_records,
+      config=dict(dataclasses.asdict(cfg), k_steps=k,
+                  steps_per_epoch=pipe.steps_per_epoch, total_steps=total,
+                  eval_interval=pipe.eval_interval,
+                  permute_biases_effective=bool(any(
+                      f for p, f in zip(jax.tree.leaves(params0),
+                                        jax.tree.leaves(mask))
+                      if np.ndim(p) == 1))),
+      dataset=dict(name=pipe.dataset.name, source=pipe.dataset.source,
+                   n_train=int(len(pipe.dataset.y_train)), n_test=pipe.n_test,
+                   image_shape=list(pipe.dataset.image_shape)),
+      n_params=models_lib.count_params(params0),
+      n_reconnected=n_reconnected,
+      initial_zero_fraction_reconnected=(n_zero0 / n_reconnected
+                                         if n_reconnected else 0.0),
+      wall_time_s=time.time() - start_time,
+      train_time_s=train_time,
+      backend=jax.default_backend(),
+      versions=dict(jax=jax.__version__, optax=optax.__version__,
+                    laperm_jax=getattr(laperm_jax, '__version__', None)),
+  )
+  return RunResult(cfg, results, params0, final_params, to_host(batch_stats),
+                   mask, evaluate, sync_records)
