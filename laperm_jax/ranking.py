@@ -5,23 +5,240 @@ one weight vector per row. Tree plumbing and axis handling live elsewhere
 (``vectors.py``, ``reconnection.py``), so that the sort itself can be studied,
 benchmarked and replaced in isolation.
 
-Ordering semantics (shared by every implementation and by the NumPy reference
-in the tests):
+Ordering semantics (shared by every variant and by the NumPy reference in
+the tests):
 
 * ascending order, ``-0.0`` and ``+0.0`` compare equal;
 * NaNs (of either sign) rank after ``+inf``, all NaNs equal;
 * ties are broken by position within the row (a stable sort).
+
+This is ``jnp.argsort(..., stable=True)`` and NumPy's stable argsort.
+
+Variants. A reconnect is an exact stable argsort of each row (the *order*)
+followed by placing the sorted pool in that order. Every variant returns the
+same bits; they differ in how XLA is asked to do it:
+
+* ``'packed'``: one single-operand sort of ``key << p | position`` packed in a
+  uint32 (16-bit floats, rows up to 65536) or a uint64 (traced under
+  ``jax.enable_x64(True)``; nothing 64-bit leaves the function), then a
+  scatter ``new[i, order[i]] = pool[i]``. See :mod:`laperm_jax.sort_keys`.
+* ``'packed_cosort'``: the same order, then a second packed single-operand
+  sort of ``order << w | pool_bits`` instead of the scatter (sorting by the
+  order puts each pool value where it belongs).
+* ``'keyed'``: the portable path: a two-operand stable sort ``(key,
+  position)`` (what ``jnp.argsort(key, stable=True)`` does) with operands as
+  wide as the float (no 64-bit integers for 32-bit floats), then the
+  scatter.
+* ``'keyed_cosort'``: ``'keyed'`` with a two-operand co-sort ``(order,
+  pool)`` instead of the scatter: no scatter or gather.
+
+Why integer keys even on the portable path: ``jnp.argsort`` of floats is
+not exact on XLA:CPU, which treats subnormals as zero in float compares
+(denormals-are-zero), so ``jnp.argsort(jnp.array([1e-40, 0., -1e-41]))`` ties
+all three. The integer key never compares floats.
+
+Choosing one. By default the variant is chosen at lowering time for the
+platform the computation is compiled for (``jax.lax.platform_dependent``),
+from :data:`VARIANT_BY_PLATFORM`: ``'packed'`` on CPU (measured within a few
+percent of a plain int32 sort, see BENCHMARKS.md) and on GPU (single-key
+integer sorts take XLA:GPU's radix-sort path), ``'keyed_cosort'`` on TPU (no
+64-bit emulation, no scatter or gather), ``'keyed'`` elsewhere. GPU and
+TPU choices are reasoned, not measured. To force one, pass ``variant=`` to
+the functions here, or set the environment variable
+``LAPERM_JAX_RECONNECT_VARIANT`` (``'auto'`` or unset means the default). The
+variable is read when a function is traced and ``jit`` caches traces: set it
+before the first call of a jitted function.
 """
+
+from collections.abc import Callable
+import contextlib
+import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from laperm_jax import sort_keys
+
+ENV_VARIABLE = 'LAPERM_JAX_RECONNECT_VARIANT'
+
+VARIANTS = ('packed', 'packed_cosort', 'keyed', 'keyed_cosort')
+
+VARIANT_BY_PLATFORM = {
+    'cpu': 'packed',
+    'cuda': 'packed',
+    'rocm': 'packed',
+    'tpu': 'keyed_cosort',
+}
+"""The automatic choice per lowering platform; others get ``'keyed'``."""
 
 
-def sort_rows(rows: jax.Array) -> jax.Array:
-  """Sorts each row ascending: how the pool of initial values is stored.
+def _x64_if(needed: bool):
+  # Only ever switch 64-bit types on: a user running with x64 must keep it.
+  return jax.enable_x64(True) if needed else contextlib.nullcontext()
+
+
+def _positions(shape: tuple[int, ...]) -> jax.Array:
+  return jax.lax.broadcasted_iota(jnp.int32, shape, len(shape) - 1)
+
+
+# ---------------------------------------------------------------- orders --
+def _order_packed(rows: jax.Array) -> jax.Array:
+  width = sort_keys.packed_width(rows.dtype, rows.shape[-1])
+  if width is None:  # float64: the key alone fills 64 bits.
+    return _order_keyed(rows)
+  with _x64_if(width == 64):
+    packed = sort_keys.pack_with_positions(sort_keys.total_order_key(rows),
+                                           width)
+    # Packed values are distinct: an unstable sort gives the stable order.
+    return sort_keys.low_positions(
+        jax.lax.sort(packed, dimension=1, is_stable=False))
+
+
+def _order_keyed(rows: jax.Array) -> jax.Array:
+  with _x64_if(rows.dtype.itemsize == 8):
+    key = sort_keys.total_order_key(rows)
+    _, order = jax.lax.sort((key, _positions(rows.shape)), dimension=1,
+                            is_stable=True, num_keys=1)
+  return order
+
+
+def _order_float_compare(rows: jax.Array) -> jax.Array:
+  return jnp.argsort(rows, axis=-1, stable=True).astype(jnp.int32)
+
+
+# ------------------------------------------------------------ placements --
+def _place_scatter(order: jax.Array, sorted_pool: jax.Array) -> jax.Array:
+  row_index = jax.lax.broadcasted_iota(jnp.int32, order.shape, 0)
+  return jnp.zeros_like(sorted_pool).at[row_index, order].set(
+      sorted_pool, unique_indices=True)
+
+
+def _place_cosort_packed(order: jax.Array, sorted_pool: jax.Array
+                         ) -> jax.Array:
+  # Sorting the pairs (order[r], pool[r]) by order puts pool[r] at position
+  # order[r]. The order is a permutation, so packing it above the pool's bits
+  # gives distinct integers whose single-operand sort is that pair sort.
+  value_bits = sorted_pool.dtype.itemsize * 8
+  width = sort_keys.packed_width(sorted_pool.dtype, order.shape[-1])
+  if width is None:
+    return _place_cosort_keyed(order, sorted_pool)
+  with _x64_if(width == 64):
+    uint = jnp.uint32 if width == 32 else jnp.uint64
+    value_uint = {16: jnp.uint16, 32: jnp.uint32}[value_bits]
+    bits = jax.lax.bitcast_convert_type(sorted_pool, value_uint).astype(uint)
+    packed = (order.astype(uint) << np.array(value_bits, uint)) | bits
+    placed = jax.lax.sort(packed, dimension=1, is_stable=False)
+    placed = placed.astype(value_uint)
+    return jax.lax.bitcast_convert_type(placed, sorted_pool.dtype)
+
+
+def _place_cosort_keyed(order: jax.Array, sorted_pool: jax.Array
+                        ) -> jax.Array:
+  _, placed = jax.lax.sort((order, sorted_pool), dimension=1, num_keys=1,
+                          is_stable=False)
+  return placed
+
+
+_ORDER: dict[str, Callable[[jax.Array], jax.Array]] = {
+    'packed': _order_packed,
+    'packed_cosort': _order_packed,
+    'keyed': _order_keyed,
+    'keyed_cosort': _order_keyed,
+    'float_compare': _order_float_compare,
+}
+_PLACE: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    'packed': _place_scatter,
+    'packed_cosort': _place_cosort_packed,
+    'keyed': _place_scatter,
+    'keyed_cosort': _place_cosort_keyed,
+    'float_compare': _place_scatter,
+}
+
+
+# ------------------------------------------------------------- selection --
+def forced_variant(variant: str | None = None) -> str | None:
+  """The variant forced by ``variant`` or the environment, else None (auto).
+
+  Example:
+    >>> from laperm_jax.ranking import forced_variant
+    >>> forced_variant('keyed')
+    'keyed'
+  """
+  if variant is None:
+    variant = os.environ.get(ENV_VARIABLE, 'auto') or 'auto'
+  if variant == 'auto':
+    return None
+  if variant not in VARIANTS:
+    raise ValueError(
+        f'unknown reconnect variant {variant!r} (from the argument or '
+        f'{ENV_VARIABLE}); choose one of {VARIANTS} or "auto".')
+  return variant
+
+
+def _by_platform(fn: Callable[[str], Callable[..., jax.Array]],
+                 variant: str | None, *args: jax.Array) -> jax.Array:
+  """Runs ``fn(name)(*args)`` for the forced or per-platform variant."""
+  forced = forced_variant(variant)
+  if not all(_has_key(a.dtype) for a in args):
+    # float8 and other exotic floats have no integer key here; they keep
+    # jnp.argsort's float compares (and its subnormal caveat above).
+    return fn('float_compare')(*args)
+  if forced is not None:
+    return fn(forced)(*args)
+  names = sorted(set(VARIANT_BY_PLATFORM.values()) | {'keyed'})
+  branches = {name: fn(name) for name in names}
+  per_platform = {platform: branches[name]
+                  for platform, name in VARIANT_BY_PLATFORM.items()}
+  return jax.lax.platform_dependent(*args, default=branches['keyed'],
+                                    **per_platform)
+
+
+def _has_key(dtype) -> bool:
+  try:
+    sort_keys.key_bits(dtype)
+  except TypeError:
+    return False
+  return True
+
+
+def _check_rows(rows: jax.Array) -> None:
+  if rows.ndim != 2:
+    raise ValueError(f'expected 2-D rows, got shape {rows.shape}.')
+
+
+# ---------------------------------------------------------------- public --
+def stable_argsort_rows(rows: jax.Array, *, variant: str | None = None
+                        ) -> jax.Array:
+  """Stable int32 argsort of each row (ties by position, NaNs last).
 
   Args:
-    rows: array of shape ``(num_vectors, vector_length)``.
+    rows: float array of shape ``(num_vectors, vector_length)``.
+    variant: force one of :data:`VARIANTS`; None chooses per platform.
+
+  Returns:
+    int32 array of ``rows``'s shape: row ``i`` lists the positions of
+    ``rows[i]`` from smallest to largest value.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from laperm_jax.ranking import stable_argsort_rows
+    >>> stable_argsort_rows(jnp.array([[0., jnp.nan, -1., -0.]]))
+    Array([[2, 0, 3, 1]], dtype=int32)
+  """
+  _check_rows(rows)
+  return _by_platform(lambda name: _ORDER[name], variant, rows)
+
+
+def sort_rows(rows: jax.Array, *, variant: str | None = None) -> jax.Array:
+  """Sorts each row ascending: how the pool of initial values is stored.
+
+  Stable, so ``-0.0`` and ``+0.0`` (and NaNs) keep their relative order; the
+  values themselves, bit for bit, are only moved.
+
+  Args:
+    rows: float array of shape ``(num_vectors, vector_length)``.
+    variant: force one of :data:`VARIANTS`; None chooses per platform.
 
   Returns:
     The rows sorted ascending along the last axis.
@@ -32,26 +249,25 @@ def sort_rows(rows: jax.Array) -> jax.Array:
     >>> sort_rows(jnp.array([[3., 1., 2.]]))
     Array([[1., 2., 3.]], dtype=float32)
   """
-  return jnp.sort(rows, axis=-1)
+  order = stable_argsort_rows(rows, variant=variant)
+  return jnp.take_along_axis(rows, order, axis=-1)
 
 
-def stable_argsort_rows(rows: jax.Array) -> jax.Array:
-  """Stable int32 argsort of each row (ties by position, NaNs last)."""
-  return jnp.argsort(rows, axis=-1, stable=True).astype(jnp.int32)
-
-
-def reconnect_rows(current: jax.Array, sorted_pool: jax.Array) -> jax.Array:
+def reconnect_rows(current: jax.Array, sorted_pool: jax.Array, *,
+                   variant: str | None = None) -> jax.Array:
   """Gives each row its pool values in the rank order of its current values.
 
   The entry of rank ``r`` in ``current[i]`` (0 = smallest, ties broken by
-  position) receives ``sorted_pool[i, r]``. This is the scatter formulation:
-  ``new[i, argsort(current[i])] = sorted_pool[i]``, one stable sort per row
-  and no second argsort.
+  position) receives ``sorted_pool[i, r]``: ``new[i, order[i]] =
+  sorted_pool[i]`` with ``order`` the stable argsort of ``current``. One
+  sort per row for the order, no argsort of the argsort. Every variant gives
+  the same bits.
 
   Args:
-    current: array of shape ``(num_vectors, vector_length)``: the weights
-      whose ranks decide the arrangement.
-    sorted_pool: array of the same shape, each row sorted ascending.
+    current: float array of shape ``(num_vectors, vector_length)``: the
+      weights whose ranks decide the arrangement.
+    sorted_pool: float array of the same shape, each row sorted ascending.
+    variant: force one of :data:`VARIANTS`; None chooses per platform.
 
   Returns:
     An array of ``sorted_pool``'s dtype and ``current``'s shape whose rows are
@@ -68,9 +284,10 @@ def reconnect_rows(current: jax.Array, sorted_pool: jax.Array) -> jax.Array:
     raise ValueError(
         f'current {current.shape} and sorted_pool {sorted_pool.shape} must '
         'have the same shape.')
-  if current.ndim != 2:
-    raise ValueError(f'expected 2-D rows, got shape {current.shape}.')
-  order = stable_argsort_rows(current)
-  row_index = jnp.arange(current.shape[0], dtype=jnp.int32)[:, None]
-  return jnp.zeros_like(sorted_pool).at[row_index, order].set(
-      sorted_pool, unique_indices=True)
+  _check_rows(current)
+  _check_rows(sorted_pool)
+
+  def variant_fn(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    return lambda c, p: _PLACE[name](_ORDER[name](c), p)
+
+  return _by_platform(variant_fn, variant, current, sorted_pool)
