@@ -1,0 +1,15 @@
+"""Benchmarks of laperm_jax (not collected by pytest).
+
+Run from the repository root:
+
+* ``python -m benchmarks.reconnect``: reconnect time per variant and per
+  model's kernels against the int32-sort floor and the baselines; the
+  layout experiment; memory; scaling (writes ``benchmarks/scaling.png``).
+* ``python -m benchmarks.train_step``: train-step overhead (plain inner
+  optimizer, LaPerm non-sync, LaPerm sync, amortised at k = 20/250/1000),
+  compile time, memory of the state.
+
+Every table is measured side by side: the contenders are timed in turns,
+round after round, and the minimum and median over rounds are reported, so
+that load from other processes on a shared machine hits them alike.
+"""

@@ -1,0 +1,225 @@
+"""Train-step overhead of LaPerm, its compile time and its memory.
+
+Run ``python -m benchmarks.train_step [--rounds N]``. For LeNet-300-100
+(batch 128) and Conv7 (batch 50, dropout left out), on synthetic data, a
+full jitted train step (forward, backward, optimizer, ``apply_updates``;
+params and optimizer state donated) is timed side by side for:
+
+* ``plain``: Adam alone;
+* ``laperm non-sync``: ``laperm(adam, k)`` on a step that does not sync;
+* ``laperm sync``: the same on a step that syncs (k = 1).
+
+The amortised overhead at period k is ``((k - 1) * non_sync + sync) / k``
+over plain. Then: compile time (lower + compile) of each step, bytes of the
+states, XLA's memory analysis, and the param-sized copies in the compiled
+step (there should be none outside the sync branch).
+"""
+
+import argparse
+import re
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import laperm_jax
+from benchmarks import timing
+
+
+# ---------------------------------------------------------------- models --
+def he_uniform(key, shape):
+  fan_in = int(np.prod(shape[:-1]))
+  limit = np.sqrt(6.0 / fan_in)
+  return jax.random.uniform(key, shape, jnp.float32, -limit, limit)
+
+
+def lenet_init(key):
+  sizes = [784, 300, 100, 10]
+  keys = jax.random.split(key, len(sizes) - 1)
+  return {f'dense{i}': {'kernel': he_uniform(k, (m, n)),
+                        'bias': jnp.zeros(n, jnp.float32)}
+          for i, (k, m, n) in enumerate(zip(keys, sizes[:-1], sizes[1:]))}
+
+
+def lenet_apply(params, x):
+  x = x.reshape(x.shape[0], -1)
+  for i in range(3):
+    x = x @ params[f'dense{i}']['kernel'] + params[f'dense{i}']['bias']
+    if i < 2:
+      x = jax.nn.relu(x)
+  return x
+
+
+CONV7 = [  # (kh, kw, in, out, stride, padding)
+    (3, 3, 1, 32, 1, 'VALID'), (3, 3, 32, 32, 1, 'VALID'),
+    (5, 5, 32, 32, 2, 'SAME'), (3, 3, 32, 64, 1, 'VALID'),
+    (3, 3, 64, 64, 1, 'VALID'), (5, 5, 64, 64, 2, 'SAME'),
+    (4, 4, 64, 128, 1, 'VALID')]
+
+
+def conv7_init(key):
+  keys = jax.random.split(key, len(CONV7) + 1)
+  params = {f'conv{i}': {'kernel': he_uniform(k, spec[:4]),
+                         'bias': jnp.zeros(spec[3], jnp.float32)}
+            for i, (k, spec) in enumerate(zip(keys, CONV7))}
+  params['dense'] = {'kernel': he_uniform(keys[-1], (128, 10)),
+                     'bias': jnp.zeros(10, jnp.float32)}
+  return params
+
+
+def conv7_apply(params, x):
+  for i, (*_, stride, padding) in enumerate(CONV7):
+    x = jax.lax.conv_general_dilated(
+        x, params[f'conv{i}']['kernel'], (stride, stride), padding,
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    x = jax.nn.relu(x + params[f'conv{i}']['bias'])
+  x = x.reshape(x.shape[0], -1)
+  return x @ params['dense']['kernel'] + params['dense']['bias']
+
+
+MODELS = {
+    'LeNet-300-100': (lenet_init, lenet_apply, 128),
+    'Conv7': (conv7_init, conv7_apply, 50),
+}
+
+
+# ----------------------------------------------------------------- steps --
+def make_step(apply, tx):
+  def loss(params, x, y):
+    logits = apply(params, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  def step(params, opt_state, x, y):
+    grads = jax.grad(loss)(params, x, y)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  return step
+
+
+def optimizers():
+  adam = optax.adam(1e-3, eps=1e-7)
+  return {
+      'plain': adam,
+      'laperm non-sync': laperm_jax.laperm(adam, sync_period=2**30),
+      'laperm sync': laperm_jax.laperm(adam, sync_period=1),
+  }
+
+
+class Runner:
+  """Carries donated params and state from call to call."""
+
+  def __init__(self, step, params, opt_state, x, y):
+    self.step = jax.jit(step, donate_argnums=(0, 1))
+    self.params, self.opt_state, self.x, self.y = params, opt_state, x, y
+
+  def __call__(self):
+    self.params, self.opt_state = self.step(self.params, self.opt_state,
+                                            self.x, self.y)
+    jax.block_until_ready(self.params)
+
+
+def batch(batch_size, seed=0):
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.random((batch_size, 28, 28, 1)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32)
+  return x, y
+
+
+def tree_bytes(tree) -> int:
+  return sum(x.nbytes for x in jax.tree.leaves(tree) if hasattr(x, 'nbytes'))
+
+
+def param_sized_copies(hlo: str, params) -> list[str]:
+  """``copy`` ops of the entry computation on arrays of a param's shape."""
+  shapes = {','.join(map(str, p.shape)) for p in jax.tree.leaves(params)
+            if p.ndim >= 1 and p.size > 100}
+  entry = hlo[hlo.index('ENTRY'):]
+  entry = entry[:entry.index('\n}')]
+  copies = []
+  for line in entry.splitlines():
+    match = re.search(r'= \w+\[([\d,]*)\]\S* copy\(', line)
+    if match and match.group(1) in shapes:
+      copies.append(line.strip()[:120])
+  return copies
+
+
+def run_model(name: str, rounds: int) -> str:
+  init, apply, batch_size = MODELS[name]
+  x, y = batch(batch_size)
+  txs = optimizers()
+  runners = {}
+  for label, tx in txs.items():
+    params = init(jax.random.key(0))
+    runners[label] = Runner(make_step(apply, tx), params, tx.init(params),
+                            x, y)
+  stats = timing.interleaved(runners, rounds=rounds, warmup=3)
+  lines = [timing.table(stats, 'plain', f'{name}: train step (batch '
+                        f'{batch_size})')]
+  plain = stats['plain']['median']
+  non_sync = stats['laperm non-sync']['median']
+  sync = stats['laperm sync']['median']
+  lines.append('\n| k | amortised step / plain (median) | overhead |')
+  lines.append('|---:|---:|---:|')
+  for k in (20, 250, 1000):
+    amortised = ((k - 1) * non_sync + sync) / k
+    lines.append(f'| {k} | {amortised / plain:.4f} | '
+                 f'{(amortised / plain - 1) * 100:+.2f}% |')
+  sync_extra = sync - non_sync
+  lines.append(f'\nsync extra cost (median sync - non-sync): '
+               f'{sync_extra * 1e3:.2f} ms = {sync_extra / plain:.1f} plain '
+               'steps; its share of a k = 250 period: '
+               f'{sync_extra / (250 * plain) * 100:.2f}%')
+  lines.append(compile_and_memory(name, init, apply, txs, x, y))
+  return '\n'.join(lines)
+
+
+def compile_and_memory(name, init, apply, txs, x, y, repeats: int = 3
+                       ) -> str:
+  params = init(jax.random.key(0))
+  lines = [f'\n{name}: compile time (lower + compile, median of '
+           f'{repeats}), memory, copies\n',
+           '| step | compile s | state bytes | XLA temp bytes '
+           '| param-sized copies in entry |', '|---|---:|---:|---:|---:|']
+  for label, tx in txs.items():
+    if label == 'laperm sync':
+      continue
+    state = tx.init(params)
+    times = []
+    for _ in range(repeats):
+      step = make_step(apply, tx)  # a fresh function: no cache hit
+      start = time.perf_counter()
+      compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
+          params, state, x, y).compile()
+      times.append(time.perf_counter() - start)
+    memory = compiled.memory_analysis()
+    copies = param_sized_copies(compiled.as_text(), params)
+    lines.append(f'| {label} | {statistics.median(times):.3f} | '
+                 f'{tree_bytes(state):,} | {memory.temp_size_in_bytes:,} | '
+                 f'{len(copies)} |')
+  laperm_state = txs['laperm non-sync'].init(params)
+  lines.append(
+      f'\nbytes: params {tree_bytes(params):,}; Adam state '
+      f'{tree_bytes(txs["plain"].init(params)):,}; LaPerm state '
+      f'{tree_bytes(laperm_state):,} = inner '
+      f'{tree_bytes(laperm_state.inner_state):,} + pool '
+      f'{tree_bytes(laperm_state.pool):,} + counters '
+      f'{tree_bytes((laperm_state.count, laperm_state.steps_since_sync))}')
+  return '\n'.join(lines)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--rounds', type=int, default=60)
+  parser.add_argument('--models', nargs='*', default=list(MODELS))
+  args = parser.parse_args()
+  print(f'machine: {timing.machine()}')
+  for name in args.models:
+    print(run_model(name, args.rounds), flush=True)
+
+
+if __name__ == '__main__':
+  main()
