@@ -17,6 +17,7 @@ import optax
 
 from laperm_jax import masks
 from laperm_jax import ranking
+from laperm_jax import sharding
 from laperm_jax import vectors
 
 PyTree = Any
@@ -25,6 +26,24 @@ PyTree = Any
 def is_masked(x) -> bool:
   """True for the placeholder of a leaf without pool."""
   return isinstance(x, optax.MaskedNode)
+
+
+def _on_rows(fn, leaf, axes, *others, rows_out: bool = True):
+  """Applies ``fn`` to the rows of ``leaf`` (and of ``others``, same shape).
+
+  The one place where the tree level meets the sort: sharded leaves are laid
+  out so that no vector axis is sharded (:mod:`laperm_jax.sharding`), and a
+  leaf-shaped result is put back on ``leaf``'s sharding.
+  """
+  leaf = jnp.asarray(leaf)
+  target = sharding.sort_sharding(leaf, axes)
+  rows = [vectors.to_rows(sharding.to_sort_layout(jnp.asarray(x), target),
+                          axes) for x in (leaf, *others)]
+  out = sharding.map_rows(fn, *rows)
+  if not rows_out:
+    return out
+  return sharding.restore_layout(
+      vectors.from_rows(out, axes, jnp.shape(leaf)), leaf, target)
 
 
 def check_reconnectable(leaf, name: str) -> None:
@@ -77,8 +96,7 @@ def sorted_pool(params: PyTree, mask=None, vector_axes=None) -> PyTree:
     name = masks.leaf_name(path)
     check_reconnectable(leaf, name)
     axes = vectors.normalize_vector_axes(spec, jnp.ndim(leaf), name)
-    rows = ranking.sort_rows(vectors.to_rows(jnp.asarray(leaf), axes))
-    pool_leaves.append(vectors.from_rows(rows, axes, jnp.shape(leaf)))
+    pool_leaves.append(_on_rows(ranking.sort_rows, leaf, axes))
   return jax.tree.unflatten(treedef, pool_leaves)
 
 
@@ -139,9 +157,7 @@ def reconnect(params: PyTree, pool: PyTree, *, vector_axes=None) -> PyTree:
       new_leaves.append(leaf)
       continue
     axes = vectors.normalize_vector_axes(spec, jnp.ndim(leaf), name)
-    rows = ranking.reconnect_rows(vectors.to_rows(jnp.asarray(leaf), axes),
-                                  vectors.to_rows(pool_leaf, axes))
-    new_leaves.append(vectors.from_rows(rows, axes, jnp.shape(leaf)))
+    new_leaves.append(_on_rows(ranking.reconnect_rows, leaf, axes, pool_leaf))
   return jax.tree.unflatten(jax.tree.structure(params), new_leaves)
 
 
@@ -173,6 +189,8 @@ def is_permutation_of_pool(params: PyTree, pool: PyTree, *,
       results.append(optax.MaskedNode())
       continue
     axes = vectors.normalize_vector_axes(spec, jnp.ndim(leaf), name)
-    sorted_rows = ranking.sort_rows(vectors.to_rows(jnp.asarray(leaf), axes))
-    results.append(jnp.all(sorted_rows == vectors.to_rows(pool_leaf, axes)))
+    results.append(_on_rows(
+        lambda rows, pool_rows: jnp.all(ranking.sort_rows(rows) == pool_rows,
+                                        axis=-1),
+        leaf, axes, pool_leaf, rows_out=False).all())
   return jax.tree.unflatten(jax.tree.structure(params), results)

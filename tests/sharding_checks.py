@@ -1,0 +1,167 @@
+"""Multi-device checks, run in a subprocess by ``test_sharding.py``.
+
+Needs 8 devices, e.g. ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
+set before JAX starts, which is why it is a separate process. Prints one JSON
+object: check name -> details; ``test_sharding.py`` asserts on each.
+"""
+
+import importlib.util
+import json
+import pathlib
+import re
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import AxisType
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import laperm_jax
+
+COLLECTIVES = re.compile(
+    r'\b(all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter|'
+    r'collective-broadcast|ragged-all-to-all)(-start)?\b')
+STEPS = 4  # with k = 2: two syncs
+
+
+def make_params():
+  key_dense, key_conv = jax.random.split(jax.random.key(0))
+  return {
+      'dense': jax.random.normal(key_dense, (16, 8)),
+      'conv': jax.random.normal(key_conv, (3, 3, 4, 8)),
+      'bias': jnp.zeros(8),
+  }
+
+
+def grads_at(params, step):
+  return jax.tree.map(lambda p: jnp.cos(3.0 * p + step), params)
+
+
+def run(params, tx):
+  """STEPS jitted updates; returns (params, state, compiled update text)."""
+  state = jax.jit(tx.init)(params)
+  update = jax.jit(tx.update)
+  hlo = update.lower(grads_at(params, 0), state, params).compile().as_text()
+  for step in range(STEPS):
+    updates, state = update(grads_at(params, step), state, params)
+    params = optax.apply_updates(params, updates)
+  return params, state, hlo
+
+
+def spec_of(x):
+  return None if isinstance(x, optax.MaskedNode) else str(x.sharding.spec)
+
+
+def mesh_check(axis_type, specs, reference):
+  mesh = jax.make_mesh((4, 2), ('x', 'y'), axis_types=(axis_type,) * 2)
+  shardings = {k: NamedSharding(mesh, spec) for k, spec in specs.items()}
+  params = jax.device_put(make_params(), shardings)
+  tx = laperm_jax.laperm(optax.adam(0.1), sync_period=2)
+  out, state, hlo = run(params, tx)
+  eager_pool = laperm_jax.sorted_pool(params)
+  eager = laperm_jax.reconnect(out, eager_pool)
+  return {
+      'equal': all(np.array_equal(out[k], reference[0][k]) for k in out),
+      'pool_equal': all(np.array_equal(state.pool[k], reference[1].pool[k])
+                        for k in ('dense', 'conv')),
+      'param_specs': {k: str(v.sharding.spec) for k, v in out.items()},
+      'pool_specs': {k: spec_of(v) for k, v in state.pool.items()
+                     if not isinstance(v, optax.MaskedNode)},
+      'moment_specs': {k: str(v.sharding.spec)
+                       for k, v in state.inner_state[0].mu.items()},
+      'wanted_specs': {k: str(v) for k, v in specs.items()},
+      'eager_specs': {k: spec_of(v) for k, v in eager_pool.items()
+                      if not isinstance(v, optax.MaskedNode)},
+      'eager_reconnect_specs': {k: str(v.sharding.spec)
+                                for k, v in eager.items()},
+      'eager_equal': all(np.array_equal(eager[k], laperm_jax.reconnect(
+          reference[0], reference[1].pool)[k]) for k in eager),
+      'collectives': sorted({m.group(1) for m in COLLECTIVES.finditer(hlo)}),
+  }
+
+
+def nnx_check():
+  from flax import nnx
+  mesh = jax.make_mesh((4, 2), ('x', 'y'))
+  init = nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, 'x'))
+
+  class Model(nnx.Module):
+    def __init__(self, rngs):
+      self.dense = nnx.Linear(16, 8, kernel_init=init, rngs=rngs)
+
+    def __call__(self, x):
+      return self.dense(x)
+
+  with jax.set_mesh(mesh):
+    model = Model(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(
+        model, laperm_jax.laperm(optax.adam(0.1), sync_period=2),
+        wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, x):
+      grads = nnx.grad(lambda m: jnp.sum(jnp.sin(m(x))))(model)
+      optimizer.update(model, grads)
+
+    x = jnp.ones((4, 16))
+    for _ in range(STEPS):
+      step(model, optimizer, x)
+    state = optimizer.opt_state
+    pool = state.pool['dense']['kernel']
+    mu = state.inner_state[0].mu['dense']['kernel']
+    kernel = model.dense.kernel
+    return {
+        'pool_metadata': str(pool.get_metadata().get('out_sharding')),
+        'mu_metadata': str(mu.get_metadata().get('out_sharding')),
+        'kernel_metadata': str(kernel.get_metadata().get('out_sharding')),
+        'pool_spec': str(jax.typeof(pool[...]).sharding.spec),
+        'kernel_spec': str(jax.typeof(kernel[...]).sharding.spec),
+        'partition_spec': str(nnx.get_partition_spec(
+            nnx.state(optimizer)).opt_state.pool['dense']['kernel'].get_value()),
+        'synced': int(state.steps_since_sync[...]) == 0,
+        'gap_to_pool': float(jnp.max(jnp.abs(laperm_jax.reconnect(
+            {'k': kernel[...]}, {'k': pool[...]})['k'] - kernel[...]))),
+    }
+
+
+def example_check(model):
+  path = pathlib.Path(__file__).parents[1] / 'examples' / 'sharded_training.py'
+  spec = importlib.util.spec_from_file_location('sharded_training', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.main(['--model', str(model), '--steps', '12',
+                      '--sync-period', '4', '--batch', '32'])
+
+
+def main():
+  assert jax.device_count() == 8, jax.devices()
+  single = jax.devices()[0]
+  tx = laperm_jax.laperm(optax.adam(0.1), sync_period=2)
+  out, state, _ = run(jax.device_put(make_params(), single), tx)
+  reference = (out, state)
+  layouts = {
+      'out_axis': {'dense': P(None, 'x'), 'conv': P(None, None, None, 'x'),
+                   'bias': P('x')},
+      'fan_in': {'dense': P('x', None), 'conv': P(None, None, 'x', None),
+                 'bias': P()},
+      '2d': {'dense': P('x', 'y'), 'conv': P(None, None, 'x', 'y'),
+             'bias': P('y')},
+  }
+  results = {}
+  for axis_type in (AxisType.Explicit, AxisType.Auto):
+    for name, specs in layouts.items():
+      if axis_type == AxisType.Auto and name == '2d':
+        continue
+      results[f'{axis_type.name.lower()}_{name}'] = mesh_check(
+          axis_type, specs, reference)
+  results['nnx'] = nnx_check()
+  results['example'] = example_check(model=2)  # data x model parallel
+  results['data_parallel'] = example_check(model=1)  # params replicated
+  print('RESULTS ' + json.dumps(results, default=str))
+
+
+if __name__ == '__main__':
+  sys.exit(main())

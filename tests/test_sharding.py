@@ -1,0 +1,90 @@
+"""Sharded params on 8 fake CPU devices, against a single-device run.
+
+All multi-device work happens in one subprocess (``sharding_checks.py``),
+because the device count must be fixed before JAX starts; the rest of the
+suite keeps its single device.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+CHECKS = pathlib.Path(__file__).with_name('sharding_checks.py')
+
+
+@pytest.fixture(scope='module')
+def results():
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
+                      ' --xla_force_host_platform_device_count=8').strip()
+  env['JAX_PLATFORMS'] = 'cpu'
+  proc = subprocess.run([sys.executable, '-W', 'error', str(CHECKS)],
+                        env=env, capture_output=True, text=True, timeout=900,
+                        cwd=CHECKS.parents[1])
+  lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULTS ')]
+  assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-5000:]
+  return json.loads(lines[-1][len('RESULTS '):])
+
+
+def _keeps_sharding(check):
+  assert check['pool_specs'] == {k: check['wanted_specs'][k]
+                                 for k in ('dense', 'conv')}
+  assert check['eager_specs'] == check['pool_specs']
+  for key in ('dense', 'conv'):
+    assert check['param_specs'][key] == check['wanted_specs'][key]
+    assert check['eager_reconnect_specs'][key] == check['wanted_specs'][key]
+    assert check['moment_specs'][key] == check['wanted_specs'][key]
+
+
+def test_output_axis_sharding_syncs_without_collectives(results):
+  check = results['explicit_out_axis']
+  assert check['equal'] and check['pool_equal'] and check['eager_equal']
+  assert check['collectives'] == [], check['collectives']
+  _keeps_sharding(check)
+
+
+@pytest.mark.parametrize('layout', ['fan_in', '2d'])
+def test_fan_in_and_2d_meshes_reshard_for_the_sort_and_back(results, layout):
+  check = results[f'explicit_{layout}']
+  assert check['equal'] and check['pool_equal'] and check['eager_equal']
+  # The vectors are split across devices: the sort needs one all-to-all.
+  assert check['collectives'] == ['all-to-all'], check['collectives']
+  _keeps_sharding(check)
+
+
+def test_auto_meshes_give_single_device_results(results):
+  for layout in ('out_axis', 'fan_in'):
+    check = results[f'auto_{layout}']
+    assert check['equal'] and check['pool_equal'] and check['eager_equal']
+  # Output-axis sharded: jit(tx.init) keeps the pool on the param's sharding.
+  # (Under Auto the compiler picks output shardings; pin them with
+  # jit(..., out_shardings=...) or use an Explicit mesh.)
+  check = results['auto_out_axis']
+  assert check['pool_specs'] == {k: check['wanted_specs'][k]
+                                 for k in ('dense', 'conv')}
+
+
+def test_nnx_pool_carries_sharding_metadata_like_adam_moments(results):
+  check = results['nnx']
+  assert check['pool_metadata'] == check['mu_metadata'] == (
+      check['kernel_metadata']) == "(None, 'x')"
+  assert check['pool_spec'] == check['kernel_spec'] == "P(None, 'x')"
+  assert check['partition_spec'] == "P(None, 'x')"
+  assert check['synced'] and check['gap_to_pool'] <= 1e-6
+
+
+def test_data_and_model_parallel_training_matches_single_device(results):
+  check = results['example']
+  assert check['devices'] == 8 and check['mesh'] == {'data': 4, 'model': 2}
+  assert check['match'], check
+  assert check['loss_last_mesh'] < check['loss_first']
+
+
+def test_data_parallel_training_matches_single_device(results):
+  check = results['data_parallel']
+  assert check['mesh'] == {'data': 8, 'model': 1}
+  assert check['match'], check
