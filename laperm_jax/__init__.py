@@ -15,6 +15,7 @@ from laperm_jax.masks import default_mask
 from laperm_jax.reconnection import is_permutation_of_pool
 from laperm_jax.reconnection import reconnect
 from laperm_jax.reconnection import sorted_pool
+from laperm_jax.restore import check_state
 from laperm_jax.transform import LaPermState
 from laperm_jax.transform import laperm
 
@@ -22,6 +23,7 @@ __version__ = '0.1.0'
 
 __all__ = (
     'LaPermState',
+    'check_state',
     'default_mask',
     'is_permutation_of_pool',
     'laperm',

@@ -105,10 +105,17 @@ def _zip_with_pool(params: PyTree, pool: PyTree, vector_axes):
   pool_leaves, pool_def = jax.tree.flatten(pool, is_leaf=is_masked)
   leaves_with_paths, params_def = jax.tree_util.tree_flatten_with_path(params)
   if pool_def != params_def:
+    pool_paths = [masks.leaf_name(p) for p, _ in
+                  jax.tree_util.tree_flatten_with_path(pool, is_leaf=is_masked)[0]]
+    param_paths = [masks.leaf_name(p) for p, _ in leaves_with_paths]
+    missing = [p for p in pool_paths if p not in param_paths]
+    extra = [p for p in param_paths if p not in pool_paths]
     raise ValueError(
-        'params do not have the structure the LaPerm pool was built for: '
-        f'params {params_def} vs pool {pool_def}. Pass the same tree (same '
-        'containers, keys and leaves) to init and update.')
+        'params do not have the structure the LaPerm pool was built for '
+        f'(leaves missing from params: {missing or "none"}; leaves not in '
+        f'the pool: {extra or "none"}; params {params_def} vs pool '
+        f'{pool_def}). Pass the same tree (same containers, keys and leaves) '
+        'to init and update.')
   specs = masks.resolve_vector_axes(vector_axes, params)
   for (path, leaf), pool_leaf, spec in zip(leaves_with_paths, pool_leaves,
                                            specs):
@@ -121,6 +128,28 @@ def _zip_with_pool(params: PyTree, pool: PyTree, vector_axes):
           f'{name}: shape {jnp.shape(leaf)} does not match its pool '
           f'{jnp.shape(pool_leaf)}: params changed shape since init.')
     yield name, leaf, pool_leaf, spec
+
+
+def check_params(params: PyTree, pool: PyTree) -> None:
+  """Raises a clear error unless params fit the pool built at init.
+
+  Same tree structure, and for every leaf with a pool the same shape and
+  dtype (the pool's values are fixed at init; a sync cannot move them into
+  another dtype or shape).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from laperm_jax.reconnection import check_params
+    >>> pool = sorted_pool({'w': jnp.ones((2, 2))})
+    >>> check_params({'w': jnp.zeros((2, 2))}, pool)  # fine: returns None
+  """
+  for name, leaf, pool_leaf, _ in _zip_with_pool(params, pool, None):
+    if pool_leaf is not None and (jnp.result_type(leaf) !=
+                                  jnp.result_type(pool_leaf)):
+      raise TypeError(
+          f'{name}: dtype {jnp.result_type(leaf)} does not match its pool '
+          f'({jnp.result_type(pool_leaf)}): params changed dtype since init. '
+          'Cast params back, or build the state from params of the new dtype.')
 
 
 def reconnect(params: PyTree, pool: PyTree, *, vector_axes=None) -> PyTree:

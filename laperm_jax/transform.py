@@ -29,6 +29,33 @@ When ``k`` is read. With an int ``k`` syncs happen on update calls ``k, 2k,
 is read, where ``count`` is the number of update calls before this one
 (0 on the first call, as in ``optax.MultiSteps``), and the call syncs when
 ``steps_since_sync + 1 >= k``: ``k`` counts calls since the last sync.
+A schedule is checked at ``init`` (count 0) and wherever its value is
+concrete: ``k`` that is 0, negative, fractional or boolean is an error. Under
+``jit`` (or when ``optax.inject_hyperparams`` makes ``sync_period`` a tracer)
+the value cannot be checked; a traced ``k < 1`` then behaves exactly as
+``k = 1``: every call syncs.
+
+Non-finite values. Ranking puts ``-inf`` first, ``+inf`` after every finite
+value and NaNs (of either sign) last, ties by position. A sync therefore
+turns a NaN or infinite candidate weight into a finite pool value, which
+would hide divergence, and a NaN gradient would already have poisoned Adam's
+moments. To stop on divergence, wrap the *inner* optimizer:
+``laperm(optax.apply_if_finite(optax.adam(lr), max_consecutive_errors=n),
+k)`` skips every step (sync steps included) whose inner update is not
+finite and counts them in ``state.inner_state.total_notfinite``. Wrapping
+the outside instead, ``apply_if_finite(laperm(...))``, does not work on a sync
+step: the reconnected update is finite even when the gradient was not.
+
+Sharded params. The pool is built with ``jax.tree.map``-like plumbing from
+the params, so it carries each param's sharding (and, under Flax NNX, its
+sharding metadata), as Adam's moments do. A sync sorts each weight vector
+where it lives; see :mod:`laperm_jax.sharding` for layouts that split a
+vector across devices.
+
+Checkpoints. Restore the state against ``jax.eval_shape(tx.init, params)``
+so that it comes back as a :class:`LaPermState`, then call
+:func:`laperm_jax.check_state`. The pool is never rebuilt from the current
+weights.
 """
 
 from collections.abc import Callable
@@ -110,9 +137,13 @@ def laperm(
   only change the gradients the inner optimizer sees.
 
   Other compositions: under ``jax.vmap`` of the update over an ensemble the
-  ``lax.cond`` predicate becomes batched, so the sort runs on every step (the
-  results stay correct). ``optax.MultiSteps(laperm(...))`` calls LaPerm once
-  per accumulated step, so ``k`` counts accumulated steps.
+  ``lax.cond`` predicate becomes batched (when the states' counters are
+  batched), so the sort runs on every step; the results stay correct and
+  equal per-member runs. ``optax.MultiSteps(laperm(...), every_k_schedule=m)``
+  calls LaPerm once per ``m`` micro-steps, so ``k`` counts accumulated steps.
+  ``optax.inject_hyperparams`` works around the inner optimizer, and around
+  ``laperm`` itself (``static_args=('inner',)``; ``sync_period`` then arrives
+  as a tracer, see the module docstring).
 
   Args:
     inner: the inner optimizer, any optax transformation (e.g.
@@ -173,6 +204,7 @@ def laperm(
           'laperm needs the current params: call '
           '`tx.update(grads, state, params)`. The sync replaces weights, so '
           'it must see them.')
+    reconnection.check_params(params, state.pool)
     inner_updates, inner_state = inner.update(
         updates, state.inner_state, params, **extra_args)
     period = _period_at(sync_period, state.count)
