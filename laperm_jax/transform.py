@@ -38,13 +38,16 @@ the value cannot be checked; a traced ``k < 1`` then behaves exactly as
 Non-finite values. Ranking puts ``-inf`` first, ``+inf`` after every finite
 value and NaNs (of either sign) last, ties by position. A sync therefore
 turns a NaN or infinite candidate weight into a finite pool value, which
-would hide divergence, and a NaN gradient would already have poisoned Adam's
-moments. To stop on divergence, wrap the *inner* optimizer:
-``laperm(optax.apply_if_finite(optax.adam(lr), max_consecutive_errors=n),
-k)`` skips every step (sync steps included) whose inner update is not
-finite and counts them in ``state.inner_state.total_notfinite``. Wrapping
-the outside instead, ``apply_if_finite(laperm(...))``, does not work on a sync
-step: the reconnected update is finite even when the gradient was not.
+would hide divergence (while a NaN gradient poisons Adam's moments for
+good). To stop on divergence, compose with ``optax.apply_if_finite``, which
+checks the incoming gradients and counts skipped steps in
+``total_notfinite``. Around LaPerm,
+``optax.apply_if_finite(laperm(...), max_consecutive_errors=n)`` skips the
+whole step: LaPerm's counters do not advance, so a due sync moves to the
+next finite step. Around the inner optimizer,
+``laperm(optax.apply_if_finite(inner, n), k)``, only the inner step is
+skipped: LaPerm counts the call and a due sync reconnects the unchanged
+weights. Stop training when ``total_notfinite`` grows.
 
 Sharded params. The pool is built with ``jax.tree.map``-like plumbing from
 the params, so it carries each param's sharding (and, under Flax NNX, its
@@ -115,7 +118,13 @@ def _period_at(sync_period: SyncPeriod, count: jax.Array) -> jax.Array:
   if callable(sync_period):
     period = sync_period(count)
     if not isinstance(period, jax.core.Tracer):
-      _validate_sync_period(period)
+      try:
+        _validate_sync_period(period)
+      except (TypeError, ValueError) as e:
+        where = ('' if isinstance(count, jax.core.Tracer) else
+                 f' at count {int(count)}')
+        raise type(e)(f'the sync_period schedule returned {period!r}{where}: '
+                      f'{e}') from None
     return jnp.asarray(period, dtype=jnp.int32)
   return jnp.asarray(sync_period, dtype=jnp.int32)
 
