@@ -63,6 +63,9 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
   add('--data-dir', default=None, help='directory holding the dataset files')
   add('--track-syncs', action='store_true',
       help='evaluate just before and after every sync and count moves')
+  add('--scan', default='auto', choices=('auto', 'on', 'off'),
+      help='lax.scan over the steps between evaluations (auto: not for conv '
+      'models on CPU, where XLA runs convs much slower inside a loop)')
   add('--no-progress', action='store_true', help='no progress bar')
 
 
@@ -110,7 +113,8 @@ def config_from_args(args, **overrides) -> training.RunConfig:
       permute_biases=args.permute_biases, eval_every=args.eval_every,
       max_steps=args.max_steps, train_subset=args.train_subset,
       test_subset=args.test_subset, data_source=args.data_source,
-      data_dir=args.data_dir, track_syncs=args.track_syncs)
+      data_dir=args.data_dir, track_syncs=args.track_syncs,
+      scan=args.scan)
   return dataclasses.replace(cfg, **overrides)
 
 

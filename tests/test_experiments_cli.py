@@ -1,0 +1,94 @@
+"""The train CLI contract: results.json, plots, clean failures."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import analyze
+from experiments import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['--dataset', 'digits', '--batch-size', '32', '--epochs', '1',
+        '--k', '5', '--no-progress']
+
+
+def test_results_contract(tmp_path):
+  out = tmp_path / 'run'
+  assert train.main(TINY + ['--optimizer', 'laperm', '--out', str(out)]) == 0
+  res = json.loads((out / 'results.json').read_text())
+  for field in ('final_test_accuracy', 'best_test_accuracy', 'history',
+                'config', 'wall_time_s', 'exact_permutation'):
+    assert field in res
+  assert res['exact_permutation'] is True
+  for entry in res['history']:
+    assert {'step', 'test_accuracy', 'train_loss', 'after_sync'} <= set(entry)
+  assert res['config']['optimizer'] == 'laperm'
+  assert res['config']['seed'] == 0
+  assert (out / 'curves.png').stat().st_size > 1000
+
+
+def test_both_optimizers_write_a_comparison(tmp_path, capsys):
+  out = tmp_path / 'both'
+  assert train.main(TINY + ['--max-steps', '12', '--out', str(out)]) == 0
+  res = json.loads((out / 'results.json').read_text())
+  assert 'laperm_minus_adam_final_pt' in res['comparison']
+  assert (out / 'adam' / 'results.json').exists()
+  assert (out / 'laperm' / 'results.json').exists()
+  assert 'LaPerm - Adam' in capsys.readouterr().out
+
+
+def test_preset_values_are_defaults_that_flags_override(tmp_path):
+  parser = train.build_parser()
+  from experiments import cli  # pylint: disable=import-outside-toplevel
+  args = cli.parse(parser, ['--preset', 'paper_f2_mnist', '--epochs', '3'])
+  assert args.model == 'f2' and args.k == '250' and args.epochs == 3
+  cfg = cli.config_from_args(args)
+  assert cfg.init == 'shared' and len(cfg.density) == 3
+
+
+def run_cli(*args, env=None):
+  return subprocess.run([sys.executable, '-m', 'experiments.train', *args],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120,
+                        env=env, check=False)
+
+
+def test_unknown_model_fails_cleanly():
+  proc = run_cli('--model', 'alexnet', '--no-progress')
+  assert proc.returncode != 0
+  assert 'Traceback' not in proc.stderr
+  assert proc.stderr.strip().count('\n') == 0 and 'alexnet' in proc.stderr
+
+
+def test_missing_dataset_fails_with_one_line(tmp_path):
+  env = dict(os.environ, HOME=str(tmp_path))
+  env.pop('MNIST_DIR', None)
+  proc = run_cli('--dataset', 'mnist', '--data-dir', str(tmp_path),
+                 '--no-progress', env=env)
+  assert proc.returncode != 0
+  assert 'Traceback' not in proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and 'tfds' in lines[0] and '--data-dir' in lines[0]
+
+
+@pytest.mark.parametrize('name', sorted(analyze.ANALYSES))
+def test_each_analysis_on_tiny_settings(name, tmp_path):
+  out = tmp_path / name
+  assert analyze.main([name] + TINY + ['--max-steps', '15', '--ks', '1,5',
+                                       '--random-perms', '2',
+                                       '--out', str(out)]) == 0
+  assert (out / f'{name}.json').exists()
+  assert (out / f'{name}.md').exists()
+  assert list(out.glob('*.png'))
+
+
+@pytest.mark.slow
+def test_default_command_runs(tmp_path):
+  proc = subprocess.run([sys.executable, '-m', 'experiments.train', '--out',
+                         str(tmp_path / 'default')], cwd=ROOT,
+                        capture_output=True, text=True, timeout=900,
+                        check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'LaPerm - Adam' in proc.stdout

@@ -1,0 +1,96 @@
+"""The training protocol of the experiments harness, on tiny real data."""
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import data
+from experiments import training
+
+DIGITS = data.load('digits')
+
+
+def tiny(**overrides):
+  cfg = dict(model='lenet300', dataset='digits', batch_size=32, epochs=1,
+             k='5', seed=0)
+  cfg.update(overrides)
+  return training.RunConfig(**cfg)
+
+
+@pytest.fixture(scope='module')
+def laperm_run():
+  return training.run(tiny(max_steps=23, eval_every=10), DIGITS,
+                      progress=False)
+
+
+def test_evaluations_follow_syncs_and_final_is_post_sync(laperm_run):
+  res = laperm_run.results
+  hist = res['history']
+  # eval interval: the multiple of k=5 nearest to 10 steps; 23 is no sync.
+  assert [h['step'] for h in hist] == [10, 20, 23, 23]
+  assert [h['after_sync'] for h in hist] == [True, True, False, True]
+  assert hist[-1]['explicit_final_sync']
+  assert res['final_test_accuracy'] == hist[-1]['test_accuracy']
+  assert res['best_test_accuracy'] == max(
+      h['test_accuracy'] for h in hist if h['after_sync'])
+  assert res['exact_permutation'] is True
+  assert res['exact_permutation_library'] is True
+  # Three Adam steps after the last sync: the explicit final sync moves them.
+  assert res['max_abs_change_by_final_exact_sync'] > 0
+
+
+def test_adam_baseline_is_the_same_pipeline(laperm_run):
+  adam = training.run(tiny(max_steps=23, eval_every=10, optimizer='adam'),
+                      DIGITS, progress=False).results
+  assert [h['step'] for h in adam['history']] == [10, 20, 23]
+  assert not any(h['after_sync'] for h in adam['history'])
+  assert adam['exact_permutation'] is False
+  # Same init, same data order: identical theta_0.
+  for a, b in zip(jax.tree.leaves(laperm_run.params0),
+                  jax.tree.leaves(training.Pipeline(
+                      tiny(optimizer='adam'), DIGITS).init_variables()[0])):
+    np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_sparse_init_keeps_the_zero_count():
+  run = training.run(tiny(init='sparse', density=0.3, max_steps=10),
+                     DIGITS, progress=False)
+  res = run.results
+  kernels = [(p, q) for p, q, f in zip(jax.tree.leaves(run.params0),
+                                       jax.tree.leaves(run.params_final),
+                                       jax.tree.leaves(run.mask)) if f]
+  first, rest = kernels[0], kernels[1:]
+  assert np.mean(first[0] == 0) < 0.25  # the first layer keeps >= 80%.
+  assert all(abs(np.mean(p == 0) - 0.7) < 0.1 for p, _ in rest)
+  for p, q in kernels:
+    np.testing.assert_array_equal((p == 0).sum(0), (q == 0).sum(0))
+  assert res['exact_permutation']
+  # Ends on a sync step: the trained weights are the pool up to rounding.
+  assert res['max_abs_change_by_final_exact_sync'] < 1e-6
+
+
+def test_shared_init_values_and_sync_tracking():
+  run = training.run(tiny(init='shared', density=[0.5, 0.2, 0.4],
+                          shared_value=0.05, max_steps=15, track_syncs=True),
+                     DIGITS, progress=False)
+  for p, f in zip(jax.tree.leaves(run.params_final),
+                  jax.tree.leaves(run.mask)):
+    if f:
+      assert set(np.unique(p).tolist()) <= {0.0, np.float32(0.05)}
+  records = run.sync_records
+  assert [r['step'] for r in records] == [5, 10, 15]
+  for r in records:
+    assert 0 <= r['changed_fraction'] <= 1
+    assert r['created'] == r['removed']  # the zero count is invariant.
+
+
+def test_k_in_epochs_and_schedules():
+  pipe = training.Pipeline(tiny(k='2ep'), DIGITS)
+  assert pipe.k == 2 * pipe.steps_per_epoch
+  cfg = tiny(lr=1.0, lr_schedule='step:0.5:2')
+  schedule = training.make_schedule(cfg, steps_per_epoch=10)
+  assert [float(schedule(s)) for s in (0, 19, 20, 45)] == [1, 1, 0.5, 0.25]
+  resnet = training.make_schedule(tiny(lr_schedule='resnet'), 1)
+  assert np.isclose(float(resnet(81)), 1e-4)
+  with pytest.raises(ValueError):
+    training.make_schedule(tiny(lr_schedule='cosine'), 1)
