@@ -25,10 +25,9 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
       ', '.join(presets_lib.PRESETS))
   add('--model', default='lenet300', help=', '.join(models_lib.MODELS))
   add('--dataset', default='mnist5k', help=', '.join(data_lib.DATASETS))
-  add('--k', default=None,
-      help='steps between syncs: an int, or "Nep" for N epochs '
-      '(default: one epoch)')
-  add('--epochs', type=float, default=10.0)
+  add('--k', default='20',
+      help='steps between syncs: an int, or "Nep" for N epochs')
+  add('--epochs', type=float, default=20.0)
   add('--batch-size', type=int, default=50)
   add('--lr', type=float, default=1e-3, help='Adam learning rate')
   add('--lr-schedule', default='constant',

@@ -92,3 +92,13 @@ def test_default_command_runs(tmp_path):
                         check=False)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'LaPerm - Adam' in proc.stdout
+
+
+def test_summarize_lists_both_runs(tmp_path, capsys):
+  from experiments import summarize  # pylint: disable=import-outside-toplevel
+  out = tmp_path / 'both'
+  assert train.main(TINY + ['--max-steps', '6', '--out', str(out)]) == 0
+  capsys.readouterr()
+  assert summarize.main([str(out)]) == 0
+  table = capsys.readouterr().out
+  assert '| laperm |' in table and '| adam |' in table
