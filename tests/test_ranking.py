@@ -184,3 +184,19 @@ def test_rejects_mismatched_or_non_2d_rows():
     ranking.reconnect_rows(jnp.zeros((2, 3)), jnp.zeros((3, 2)))
   with pytest.raises(ValueError, match='2-D'):
     ranking.reconnect_rows(jnp.zeros(3), jnp.zeros(3))
+
+
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_large_leaves_run_in_row_blocks(variant):
+  shape = (64, 4097)  # above ranking.CPU_BLOCK_ELEMENTS: blocks of 32 rows
+  assert ranking.block_rows(*shape, ranking.CPU_BLOCK_ELEMENTS) == 32
+  rng = np.random.default_rng(2)
+  current = np.round(rng.standard_normal(shape) * 8).astype(np.float32)
+  pool = np.sort(rng.standard_normal(shape).astype(np.float32), axis=-1)
+  actual = jitted('reconnect_rows', variant)(current, pool)
+  assert_same_bits(actual, reference.reconnect(current, pool, axes=(1,)))
+
+
+def test_block_rows_falls_back_to_one_block():
+  assert ranking.block_rows(4099, 4096, 2**18) == 4099  # a prime
+  assert ranking.block_rows(10, 100, 2**18) == 10  # small: one block
