@@ -186,14 +186,14 @@ def _by_platform(fn: Callable[[str], Callable[..., jax.Array]],
   by_platform = dict(VARIANT_BY_PLATFORM)
   if forced is not None:
     by_platform = {platform: forced for platform in by_platform}
-  default = fn(forced or 'keyed')
-  branches = {}
-  for platform, name in by_platform.items():
-    branch = fn(name)
-    if platform == 'cpu':
-      branch = _in_row_blocks(branch, CPU_BLOCK_ELEMENTS)
-    branches[platform] = branch
-  return jax.lax.platform_dependent(*args, default=default, **branches)
+  # One callable per distinct choice: platform_dependent traces each
+  # distinct branch once and shares it between platforms.
+  choices = {name: fn(name) for name in {*by_platform.values(),
+                                          forced or 'keyed'}}
+  branches = {platform: choices[name] for platform, name in by_platform.items()}
+  branches['cpu'] = _in_row_blocks(branches['cpu'], CPU_BLOCK_ELEMENTS)
+  return jax.lax.platform_dependent(*args, default=choices[forced or 'keyed'],
+                                    **branches)
 
 
 # ---------------------------------------------------------------- blocks --
