@@ -20,7 +20,8 @@ file and a markdown table there.
   theta_0's values the rank order of theta_T within every weight vector
   (``reconnect(theta_T, sorted_pool(theta_0))``), evaluate; controls: theta_T,
   theta_0, and theta_0 randomly permuted within each vector (several seeds).
-  Biases and batch-norm statistics are the trained ones in every variant.
+  Leaves outside the reconnection mask (biases unless the model reconnects
+  them, batch norm) keep their trained values in every variant.
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ def run_profiles(args, dataset) -> dict:
                         pipeline=cli.make_pipeline(cfg, dataset))
   layers0 = dict(flat_masked(result.params0, result.mask))
   layers_t = dict(flat_masked(result.params_final, result.mask))
-  name = args.layer or next(n for n in layers0 if layers0[n].ndim >= 2)
-  matches = [n for n in layers0 if args.layer is None or args.layer in n]
+  matches = [n for n in layers0 if (args.layer is None or args.layer in n)
+             and layers0[n].ndim >= 2]  # kernels only: a bias is one vector.
   if not matches:
     cli.fail(f'no reconnected layer matches {args.layer!r}; have '
              f'{", ".join(layers0)}')

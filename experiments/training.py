@@ -418,6 +418,7 @@ def run(cfg: RunConfig, dataset: data_lib.Dataset | None = None,
   if not points or points[-1] != total:
     points.append(total)
 
+  initial_accuracy, _ = evaluate(params, batch_stats)  # theta_0 itself.
   history, sync_records = [], []
   carry = (params, batch_stats, opt_state)
   prev_exact = params
@@ -501,6 +502,7 @@ def run(cfg: RunConfig, dataset: data_lib.Dataset | None = None,
       jax.tree.leaves(params0), jax.tree.leaves(mask)) if f))
   results = dict(
       final_test_accuracy=history[-1]['test_accuracy'],
+      initial_test_accuracy=initial_accuracy,
       best_test_accuracy=best['test_accuracy'],
       best_step=best['step'],
       best_selection=('max test accuracy over the evaluations right after '
