@@ -7,6 +7,11 @@ as a :class:`~laperm_jax.LaPermState`, then call :func:`check_state`: it
 catches a state written by a transformation with another mask, other vector
 axes, another inner optimizer, or for another tree, and names the leaf.
 
+Sharded runs: ``jax.eval_shape(tx.init, params)`` on sharded params gives
+each leaf of the state its param's sharding; under an Explicit mesh that
+sharding names the abstract mesh, so rebuild the targets on the concrete one
+(``NamedSharding(mesh, leaf.sharding.spec)``) before handing them to Orbax.
+
 What a state cannot tell: ``k`` and the inner optimizer's hyperparameters
 (learning rate, ...) are not stored, so changing them on resume is allowed;
 it takes effect from the restored step (``steps_since_sync`` keeps counting,

@@ -88,3 +88,13 @@ def test_data_parallel_training_matches_single_device(results):
   check = results['data_parallel']
   assert check['mesh'] == {'data': 8, 'model': 1}
   assert check['match'], check
+
+
+def test_sharded_state_checkpoint_restores_onto_its_shardings(results):
+  check = results['checkpoint']
+  assert check['is_state'] and check['equal']
+  assert check['pool_specs'] == {'dense': "P('x', 'y')",
+                                 'conv': "P(None, None, None, 'x')"}
+  assert check['moment_specs'] == {'dense': "P('x', 'y')",
+                                   'conv': "P(None, None, None, 'x')",
+                                   'bias': "P('y',)"}
