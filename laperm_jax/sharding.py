@@ -16,9 +16,13 @@ leaf's own sharding. The same layout is used for the pool leaf it is paired
 with, so the pool keeps its param's sharding too.
 
 Under ``AxisType.Auto`` meshes the sharding is not part of the type inside
-``jit``; the compiler (GSPMD / Shardy) inserts the collectives a sort needs
-by itself. For concrete (not traced) arrays the result is put back on the
-input's sharding. Arrays that are not sharded are returned unchanged.
+``jit``; the compiler (GSPMD / Shardy) partitions the sort kernel and inserts
+the collectives it needs by itself: results are the same, but even an
+output-axis-sharded kernel may be gathered for a scatter-based kernel (the
+co-sort variants of :mod:`laperm_jax.ranking` stay local). For concrete (not
+traced) arrays the result is put back on the input's sharding. Arrays that
+are not sharded are returned unchanged. Prefer Explicit meshes: there the
+no-collective sync of output-axis-sharded kernels is guaranteed.
 """
 
 from collections.abc import Callable, Sequence

@@ -7,6 +7,7 @@ object: check name -> details; ``test_sharding.py`` asserts on each.
 
 import importlib.util
 import json
+import os
 import pathlib
 import re
 import sys
@@ -194,6 +195,12 @@ def main():
         continue
       results[f'{axis_type.name.lower()}_{name}'] = mesh_check(
           axis_type, specs, reference)
+  # Under Auto the compiler partitions the sort kernel itself: the co-sort
+  # variants (no scatter; TPU's default) need no collective either.
+  os.environ['LAPERM_JAX_RECONNECT_VARIANT'] = 'packed_cosort'
+  results['auto_out_axis_cosort'] = mesh_check(
+      AxisType.Auto, layouts['out_axis'], reference)
+  del os.environ['LAPERM_JAX_RECONNECT_VARIANT']
   results['nnx'] = nnx_check()
   with tempfile.TemporaryDirectory() as directory:
     results['checkpoint'] = checkpoint_check(directory)

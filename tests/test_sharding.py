@@ -22,6 +22,7 @@ def results():
   env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
                       ' --xla_force_host_platform_device_count=8').strip()
   env['JAX_PLATFORMS'] = 'cpu'
+  env.pop('LAPERM_JAX_RECONNECT_VARIANT', None)
   proc = subprocess.run([sys.executable, '-W', 'error', str(CHECKS)],
                         env=env, capture_output=True, text=True, timeout=900,
                         cwd=CHECKS.parents[1])
@@ -66,6 +67,11 @@ def test_auto_meshes_give_single_device_results(results):
   check = results['auto_out_axis']
   assert check['pool_specs'] == {k: check['wanted_specs'][k]
                                  for k in ('dense', 'conv')}
+  # The compiler partitions the kernel: a scatter is gathered, a co-sort
+  # (the TPU default) stays local.
+  check = results['auto_out_axis_cosort']
+  assert check['equal'] and check['pool_equal']
+  assert check['collectives'] == [], check['collectives']
 
 
 def test_nnx_pool_carries_sharding_metadata_like_adam_moments(results):
