@@ -38,6 +38,9 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
   add('--density', default=None,
       help='fraction of kernel weights kept non-zero; one value or one per '
       'layer, comma-separated (sparse init keeps >= 0.8 in the first layer)')
+  add('--first-layer-min-density', type=float, default=0.8,
+      help='sparse init: the first layer keeps at least this fraction (the '
+      'paper\'s 0.8; 0 prunes it like the others)')
   add('--shared-value', type=float, default=0.08, help='w for --init shared')
   add('--seed', type=int, default=0)
   add('--augment', default='none', choices=tuple(augment_lib.AUGMENTATIONS))
@@ -106,6 +109,7 @@ def config_from_args(args, **overrides) -> training.RunConfig:
       optimizer=getattr(args, 'optimizer', 'laperm'),
       k=args.k, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
       lr_schedule=args.lr_schedule, init=args.init, density=density,
+      first_layer_min_density=args.first_layer_min_density,
       shared_value=args.shared_value, seed=args.seed, augment=args.augment,
       preprocess=args.preprocess, weight_decay=args.weight_decay,
       weight_decay_scope=args.weight_decay_scope,

@@ -37,6 +37,7 @@ def row(path: str) -> list[str]:
           'laperm' else '-', f'{cfg["epochs"]:g}', str(cfg['seed']),
           f'{100 * res["final_test_accuracy"]:.2f}',
           f'{100 * res["best_test_accuracy"]:.2f}',
+          f'{100 * res.get("initial_zero_fraction_reconnected", 0):.1f}',
           str(res['exact_permutation']), f'{res["wall_time_s"]:.0f}']
 
 
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
   paths = [p for arg in (argv if argv is not None else sys.argv[1:])
            for p in find_results(arg)]
   header = ['run', 'model', 'data', 'optimizer', 'init', 'k', 'epochs', 'seed',
-            'final (%)', 'best post-sync (%)', 'exact perm.', 'wall (s)']
+            'final (%)', 'best post-sync (%)', 'zeros at init (%)', 'exact perm.', 'wall (s)']
   print('| ' + ' | '.join(header) + ' |')
   print('|' + '|'.join('---' for _ in header) + '|')
   for p in paths:

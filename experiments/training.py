@@ -60,6 +60,7 @@ class RunConfig:
   lr_schedule: str = 'constant'  # constant | exp:R | step:R:E | resnet
   init: str = 'default'          # default | sparse | shared
   density: Any = 1.0             # float, or one float per layer (list)
+  first_layer_min_density: float = 0.8  # sparse init: the paper's floor
   shared_value: float = 0.08
   seed: int = 0
   augment: str = 'none'
@@ -254,7 +255,8 @@ class Pipeline:
     kernels = models_lib.kernel_mask(params)
     if cfg.init == 'sparse':
       density = per_leaf_density(params, cfg.density, self.spec.first_layer,
-                                 kernels, first_layer_floor=0.8)
+                                 kernels,
+                                 first_layer_floor=cfg.first_layer_min_density)
       params = laperm_jax.sparse_init(k_sparse, params, density, mask=kernels)
     elif cfg.init == 'shared':
       density = per_leaf_density(params, cfg.density, self.spec.first_layer,
