@@ -3,8 +3,9 @@
 A small MLP is trained with ``laperm(adam)`` twice: once on a single device,
 once on a 2-D mesh where the batch is split over ``data`` and every param is
 stored split over its output axis on ``model`` (each weight vector on one
-device, so the sync sorts locally) and gathered for the forward pass. Both runs must give the same weights. The same
-script runs unchanged on a TPU slice or on fake CPU devices::
+device, so the sync sorts locally) and gathered for the forward pass. Both
+runs must give the same weights. The same script runs unchanged on a TPU
+slice or on fake CPU devices::
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 \\
       python examples/sharded_training.py --model 2 --steps 40

@@ -105,8 +105,9 @@ def _zip_with_pool(params: PyTree, pool: PyTree, vector_axes):
   pool_leaves, pool_def = jax.tree.flatten(pool, is_leaf=is_masked)
   leaves_with_paths, params_def = jax.tree_util.tree_flatten_with_path(params)
   if pool_def != params_def:
-    pool_paths = [masks.leaf_name(p) for p, _ in
-                  jax.tree_util.tree_flatten_with_path(pool, is_leaf=is_masked)[0]]
+    pool_leaves_with_paths, _ = jax.tree_util.tree_flatten_with_path(
+        pool, is_leaf=is_masked)
+    pool_paths = [masks.leaf_name(p) for p, _ in pool_leaves_with_paths]
     param_paths = [masks.leaf_name(p) for p, _ in leaves_with_paths]
     missing = [p for p in pool_paths if p not in param_paths]
     extra = [p for p in param_paths if p not in pool_paths]

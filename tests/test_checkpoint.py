@@ -37,8 +37,9 @@ def test_resume_in_a_fresh_process_is_bit_identical(saved, tmp_path):
   out = tmp_path / 'resumed.npz'
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   proc = subprocess.run(
-      [sys.executable, '-W', 'error', str(ROOT / 'tests' / 'checkpoint_checks.py'),
-       'resume', str(directory), str(out)],
+      [sys.executable, '-W', 'error',
+       str(ROOT / 'tests' / 'checkpoint_checks.py'), 'resume', str(directory),
+       str(out)],
       env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-5000:]
   resumed = dict(np.load(out))

@@ -27,7 +27,8 @@ def results():
                         env=env, capture_output=True, text=True, timeout=900,
                         cwd=CHECKS.parents[1])
   lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULTS ')]
-  assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-5000:]
+  assert proc.returncode == 0 and lines, (proc.stdout[-3000:] +
+                                         proc.stderr[-5000:])
   return json.loads(lines[-1][len('RESULTS '):])
 
 
