@@ -1,9 +1,9 @@
 """Properties of the sync over random trees, against the NumPy reference.
 
-Random trees of leaves with random shapes (from a small set, to keep the
-number of compilations down), dtypes, vector axes, sparsity and tie
-patterns (few distinct values, signed zeros, infinities and NaNs in the
-candidate). Checked: ``reconnect`` equals the reference bit for bit and keeps
+Random nested trees (plus a leaf that is not reconnected) of leaves with
+random shapes (from a small set, to keep the number of compilations down),
+dtypes, vector axes, sparsity and tie patterns (few distinct values, signed
+zeros, infinities and NaNs in the candidate). Checked: ``reconnect`` equals the reference bit for bit and keeps
 every vector's multiset exactly; the rank order of the result is the
 candidate's; through ``tx.update`` and ``optax.apply_updates`` the weights
 are within the documented bound of the reference; everything is
@@ -82,6 +82,24 @@ def build(tree_spec, candidate=False):
   return params, axes
 
 
+MASK = {'bias': False, 'head': True, 'layers': True}
+BIAS = jnp.array([0.5, -1.0, 0.0])
+
+
+def nest(flat, bias=BIAS):
+  """Flat ``leafN`` entries as a nested tree, plus a leaf not reconnected."""
+  names = sorted(flat, key=lambda n: int(n[4:]))
+  return {'head': flat[names[-1]],
+          'layers': [{'w': flat[n]} for n in names[:-1]],
+          'bias': bias}
+
+
+def unnest(tree):
+  """The reconnected leaves of a :func:`nest` tree, flat again."""
+  leaves = [layer['w'] for layer in tree['layers']] + [tree['head']]
+  return {f'leaf{i}': leaf for i, leaf in enumerate(leaves)}
+
+
 def ref_axes(spec, ndim):
   if spec is None:
     return reference.default_axes(ndim)
@@ -114,8 +132,14 @@ def total_sort(rows):
 def test_reconnect_matches_reference_and_keeps_multisets(tree_spec):
   initial, axes = build(tree_spec)
   candidate, _ = build(tree_spec, candidate=True)
-  pool = laperm_jax.sorted_pool(initial, mask=True, vector_axes=axes)
-  result = laperm_jax.reconnect(candidate, pool, vector_axes=axes)
+  nested_axes = nest(axes, bias=None)
+  nested_pool = laperm_jax.sorted_pool(nest(initial), mask=MASK,
+                                       vector_axes=nested_axes)
+  nested_result = laperm_jax.reconnect(nest(candidate, bias=-BIAS),
+                                       nested_pool, vector_axes=nested_axes)
+  assert isinstance(nested_pool['bias'], optax.MaskedNode)
+  np.testing.assert_array_equal(nested_result['bias'], -BIAS)
+  pool, result = unnest(nested_pool), unnest(nested_result)
   for name, x0 in initial.items():
     ax = ref_axes(axes[name], x0.ndim)
     ref_pool = reference.pool_of(np.asarray(x0), ax)
@@ -135,7 +159,7 @@ def test_reconnect_matches_reference_and_keeps_multisets(tree_spec):
         keys, np.argsort(cand_rows, axis=-1, kind='stable'), -1)
     assert np.all(np.diff(by_candidate, axis=-1) >= 0)
   assert all(jax.tree.leaves(laperm_jax.is_permutation_of_pool(
-      result, pool, vector_axes=axes)))
+      nested_result, nested_pool, vector_axes=nested_axes)))
 
 
 @SETTINGS
@@ -145,13 +169,16 @@ def test_sync_through_apply_updates_is_within_the_documented_bound(tree_spec):
   target, _ = build(tree_spec, candidate=True)
   # The inner optimizer proposes exactly `target - params` (in float32, then
   # the params' dtype), so the candidate is known; the sync comes right away.
-  tx = laperm_jax.laperm(optax.identity(), 1, mask=True, vector_axes=axes)
-  state = tx.init(initial)
+  tx = laperm_jax.laperm(optax.identity(), 1, mask=MASK,
+                         vector_axes=nest(axes, bias=None))
+  state = tx.init(nest(initial))
   grads = jax.tree.map(
       lambda t, p: (t.astype(jnp.float32) - p.astype(jnp.float32)).astype(
           p.dtype), target, initial)
-  updates, _ = tx.update(grads, state, initial)
-  synced = optax.apply_updates(initial, updates)
+  updates, _ = tx.update(nest(grads, bias=BIAS), state, nest(initial))
+  nested_synced = optax.apply_updates(nest(initial), updates)
+  np.testing.assert_array_equal(nested_synced['bias'], 2 * BIAS)
+  synced = unnest(nested_synced)
   for name, p in initial.items():
     ax = ref_axes(axes[name], p.ndim)
     candidate = np.asarray((p + grads[name]).astype(p.dtype))
@@ -171,11 +198,12 @@ def test_sync_through_apply_updates_is_within_the_documented_bound(tree_spec):
 def test_deterministic_within_a_process(tree_spec):
   initial, axes = build(tree_spec)
   candidate, _ = build(tree_spec, candidate=True)
-  tx = laperm_jax.laperm(optax.adam(0.1), 1, mask=True, vector_axes=axes)
+  tx = laperm_jax.laperm(optax.adam(0.1), 1, mask=MASK,
+                         vector_axes=nest(axes, bias=None))
   outputs = []
   for _ in range(2):
-    state = tx.init(initial)
-    updates, state = tx.update(candidate, state, initial)
+    state = tx.init(nest(initial))
+    updates, state = tx.update(nest(candidate), state, nest(initial))
     outputs.append(jax.tree.leaves((updates, state)))
   for a, b in zip(*outputs):
     np.testing.assert_array_equal(bits(a), bits(b))
