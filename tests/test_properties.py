@@ -3,11 +3,12 @@
 Random nested trees (plus a leaf that is not reconnected) of leaves with
 random shapes (from a small set, to keep the number of compilations down),
 dtypes, vector axes, sparsity and tie patterns (few distinct values, signed
-zeros, infinities and NaNs in the candidate). Checked: ``reconnect`` equals the reference bit for bit and keeps
-every vector's multiset exactly; the rank order of the result is the
-candidate's; through ``tx.update`` and ``optax.apply_updates`` the weights
-are within the documented bound of the reference; everything is
-deterministic, within a process and across processes.
+zeros, infinities and NaNs in the candidate). Checked: ``reconnect`` equals
+the reference bit for bit and keeps every vector's multiset exactly; the
+rank order of the result is the candidate's; through ``tx.update`` and
+``optax.apply_updates`` the weights are within the documented bound of the
+reference; everything is deterministic, within a process and across
+processes.
 """
 
 import os
