@@ -21,13 +21,13 @@ from laperm_jax import sort_keys
 from tests import reference
 
 VARIANTS = ranking.VARIANTS + ('auto',)
-SHAPES = ((0, 4), (3, 0), (1, 1), (5, 1), (3, 17), (2, 130))
+SHAPES = ((0, 4), (3, 0), (1, 1), (3, 17), (2, 130))
 DTYPES = (np.float32, ml_dtypes.bfloat16, np.float16)
 SPECIALS = (0.0, -0.0, 1.0, -1.0, 1e-40, -1e-40, 1e-45, -3e-39, 6e-8,
             -6e-8, np.inf, -np.inf, np.nan, -np.nan, 65504.0, 3.0e38)
 
 SETTINGS = hypothesis.settings(
-    max_examples=12, deadline=None, derandomize=True,
+    max_examples=10, deadline=None, derandomize=True,
     suppress_health_check=[hypothesis.HealthCheck.too_slow])
 
 
