@@ -12,7 +12,8 @@ the tests):
 * NaNs (of either sign) rank after ``+inf``, all NaNs equal;
 * ties are broken by position within the row (a stable sort).
 
-This is ``jnp.argsort(..., stable=True)`` and NumPy's stable argsort.
+This is NumPy's stable argsort, and the order ``jnp.argsort(...,
+stable=True)`` documents (but see the subnormal caveat below).
 
 Variants. A reconnect is an exact stable argsort of each row (the *order*)
 followed by placing the sorted pool in that order. Every variant returns the
@@ -39,10 +40,11 @@ all three. The integer key never compares floats.
 
 Choosing one. By default the variant is chosen at lowering time for the
 platform the computation is compiled for (``jax.lax.platform_dependent``),
-from :data:`VARIANT_BY_PLATFORM`: ``'packed'`` on CPU (measured within a few
-percent of a plain int32 sort, see BENCHMARKS.md) and on GPU (single-key
-integer sorts take XLA:GPU's radix-sort path), ``'keyed_cosort'`` on TPU (no
-64-bit emulation, no scatter or gather), ``'keyed'`` elsewhere. GPU and
+from :data:`VARIANT_BY_PLATFORM`: ``'packed'`` on CPU (measured at 1.0-1.3x
+a plain int32 sort of the same rows, see BENCHMARKS.md; large leaves run in
+row blocks, see ``CPU_BLOCK_ELEMENTS``) and on GPU (XLA:GPU can hand a
+single-operand integer sort to a radix sort), ``'keyed_cosort'`` on TPU (no
+64-bit emulation, no scatter or gather), ``'keyed'`` elsewhere. The GPU and
 TPU choices are reasoned, not measured. To force one, pass ``variant=`` to
 the functions here, or set the environment variable
 ``LAPERM_JAX_RECONNECT_VARIANT`` (``'auto'`` or unset means the default). The
