@@ -7,8 +7,11 @@ import sys
 
 import pytest
 
-from experiments import analyze
-from experiments import train
+pytest.importorskip('matplotlib', reason='needs the experiments extra')
+pytest.importorskip('mlxtend', reason='needs the experiments extra')
+
+from experiments import analyze  # pylint: disable=wrong-import-position
+from experiments import train  # pylint: disable=wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--dataset', 'digits', '--batch-size', '32', '--epochs', '1',

