@@ -1,6 +1,7 @@
 """Train-step overhead of LaPerm, its compile time and its memory.
 
-Run ``python -m benchmarks.train_step [--rounds N]``. For LeNet-300-100
+Run ``python -m benchmarks.train_step [--rounds N] [--models ...]
+[--periods ...]``. For LeNet-300-100
 (batch 128) and Conv7 (batch 50, dropout left out), on synthetic data, a
 full jitted train step (forward, backward, optimizer, ``apply_updates``;
 params and optimizer state donated) is timed side by side for:
@@ -12,7 +13,10 @@ params and optimizer state donated) is timed side by side for:
 The amortised cost at period k is ``((k - 1) * non_sync + sync) / k``,
 with each step's time taken as its ratio to plain, estimated two ways:
 paired medians and minima (the minimum over many rounds is the least
-disturbed by other load). Then: compile time (lower + compile) of each step, bytes of the
+disturbed by other load). A LeNet step lasts ~2 ms, shorter than the
+scheduling jitter of a shared machine, so LeNet is also timed by whole
+periods: k steps in one jitted ``fori_loop``, LaPerm with period k (so
+exactly one sync per call) and without sync, against k plain steps. Then: compile time (lower + compile) of each step, bytes of the
 states, XLA's memory analysis, and the param-sized copies in the compiled
 step (there should be none outside the sync branch).
 """
@@ -191,24 +195,27 @@ def run_model(name: str, rounds: int) -> str:
 def compile_and_memory(name, init, apply, txs, x, y, repeats: int = 3
                        ) -> str:
   params = init(jax.random.key(0))
-  lines = [f'\n{name}: compile time (lower + compile, median of '
-           f'{repeats}), memory, copies\n',
-           '| step | compile s | state bytes | XLA temp bytes '
-           '| param-sized copies in entry |', '|---|---:|---:|---:|---:|']
+  lines = [f'\n{name}: lower and compile time (median of {repeats}), memory, '
+           'copies\n',
+           '| step | lower s | compile s | state bytes | XLA temp bytes '
+           '| param-sized copies in entry |', '|---|---:|---:|---:|---:|---:|']
   for label, tx in txs.items():
     if label == 'laperm sync':
       continue
     state = tx.init(params)
-    times = []
+    lower_times, compile_times = [], []
     for _ in range(repeats):
       step = make_step(apply, tx)  # a fresh function: no cache hit
       start = time.perf_counter()
-      compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
-          params, state, x, y).compile()
-      times.append(time.perf_counter() - start)
+      lowered = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, x, y)
+      lowered_at = time.perf_counter()
+      compiled = lowered.compile()
+      lower_times.append(lowered_at - start)
+      compile_times.append(time.perf_counter() - lowered_at)
     memory = compiled.memory_analysis()
     copies = param_sized_copies(compiled.as_text(), params)
-    lines.append(f'| {label} | {statistics.median(times):.3f} | '
+    lines.append(f'| {label} | {statistics.median(lower_times):.3f} | '
+                 f'{statistics.median(compile_times):.3f} | '
                  f'{tree_bytes(state):,} | {memory.temp_size_in_bytes:,} | '
                  f'{len(copies)} |')
   laperm_state = txs['laperm non-sync'].init(params)
@@ -222,12 +229,64 @@ def compile_and_memory(name, init, apply, txs, x, y, repeats: int = 3
   return '\n'.join(lines)
 
 
+def make_period(step, num_steps: int):
+  """``num_steps`` train steps in one jitted call (a ``fori_loop``)."""
+  def period(params, opt_state, x, y):
+    def body(_, carry):
+      return step(*carry, x, y)
+    return jax.lax.fori_loop(0, num_steps, body, (params, opt_state))
+  return period
+
+
+def run_periods(name: str, rounds: int) -> str:
+  """Whole sync periods: k steps per call, exactly one sync in LaPerm's.
+
+  Timing k steps at once leaves per-call jitter out of the comparison, and
+  with ``laperm(adam, k)`` every call of k consecutive steps holds exactly
+  one sync, so the ratio to k plain steps *is* the amortised cost.
+  """
+  init, apply, batch_size = MODELS[name]
+  x, y = batch(batch_size)
+  adam = optax.adam(1e-3, eps=1e-7)
+  lines = [f'\n### {name}: whole periods of k steps per call (batch '
+           f'{batch_size})\n',
+           '| k | rounds | plain ms / step (min) | LaPerm ms / step (min) '
+           '| LaPerm / plain, paired median | LaPerm / plain, minima '
+           '| non-sync / plain, paired median | non-sync / plain, minima |',
+           '|---:|---:|---:|---:|---:|---:|---:|---:|']
+  for k in (20, 250, 1000):
+    txs = {'plain': adam, 'laperm': laperm_jax.laperm(adam, sync_period=k),
+           'laperm non-sync': laperm_jax.laperm(adam, sync_period=2**30)}
+    runners = {}
+    for label, tx in txs.items():
+      params = init(jax.random.key(0))
+      runners[label] = Runner(make_period(make_step(apply, tx), k), params,
+                              tx.init(params), x, y)
+    k_rounds = max(5, rounds * 250 // (k * 4))
+    stats = timing.interleaved(runners, rounds=k_rounds, warmup=1)
+    ratio = timing.paired_ratio
+    minima = {label: stats[label]['min'] / stats['plain']['min']
+              for label in stats}
+    lines.append(
+        f'| {k} | {k_rounds} | {stats["plain"]["min"] / k * 1e3:.3f} | '
+        f'{stats["laperm"]["min"] / k * 1e3:.3f} | '
+        f'{ratio(stats, "laperm", "plain"):.4f} | {minima["laperm"]:.4f} | '
+        f'{ratio(stats, "laperm non-sync", "plain"):.4f} | '
+        f'{minima["laperm non-sync"]:.4f} |')
+    print(lines[-1], flush=True)
+  return '\n'.join(lines)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--rounds', type=int, default=60)
   parser.add_argument('--models', nargs='*', default=list(MODELS))
+  parser.add_argument('--periods', nargs='*', default=['LeNet-300-100'],
+                      help='models timed by whole sync periods')
   args = parser.parse_args()
   print(f'machine: {timing.machine()}')
+  for name in args.periods:
+    print(run_periods(name, args.rounds), flush=True)
   for name in args.models:
     print(run_model(name, args.rounds), flush=True)
 
