@@ -94,3 +94,27 @@ def test_k_in_epochs_and_schedules():
   assert np.isclose(float(resnet(81)), 1e-4)
   with pytest.raises(ValueError):
     training.make_schedule(tiny(lr_schedule='cosine'), 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('preset', ['paper_conv2_cifar10',
+                                    'paper_resnet50_cifar10_pruned50',
+                                    'paper_conv7_mnist', 'paper_f2_mnist'])
+def test_paper_presets_take_a_few_steps_on_fake_data(preset, tmp_path):
+  """BN, weight decay scopes, augmentation and sparse init, on random data."""
+  from experiments import presets  # pylint: disable=import-outside-toplevel
+  cfg = dict(presets.PRESETS[preset])
+  shape = (32, 32, 3) if cfg['dataset'] == 'cifar10' else (28, 28, 1)
+  rng = np.random.default_rng(0)
+  fake = data.Dataset(cfg['dataset'], rng.integers(0, 256, (40,) + shape,
+                                                    dtype=np.uint8),
+                      rng.integers(0, 10, 40).astype(np.int32),
+                      rng.integers(0, 256, (10,) + shape, dtype=np.uint8),
+                      rng.integers(0, 10, 10).astype(np.int32), 10, 255.0,
+                      'fake')
+  if isinstance(cfg.get('density'), list) and len(cfg['density']) == 1:
+    cfg['density'] = cfg['density'][0]
+  cfg.update(batch_size=8, k='2', max_steps=3)
+  run = training.run(training.RunConfig(**cfg), fake, progress=False)
+  assert run.results['exact_permutation']
+  assert np.isfinite(run.results['history'][-1]['test_loss'])
