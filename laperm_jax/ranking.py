@@ -190,8 +190,9 @@ def _by_platform(fn: Callable[[str], Callable[..., jax.Array]],
     by_platform = {platform: forced for platform in by_platform}
   # One callable per distinct choice: platform_dependent traces each
   # distinct branch once and shares it between platforms.
-  choices = {name: fn(name) for name in {*by_platform.values(),
-                                          forced or 'keyed'}}
+  # Sorted: the same trace order in every process (stable cache keys).
+  choices = {name: fn(name) for name in sorted({*by_platform.values(),
+                                                forced or 'keyed'})}
   branches = {platform: choices[name] for platform, name in by_platform.items()}
   branches['cpu'] = _in_row_blocks(branches['cpu'], CPU_BLOCK_ELEMENTS)
   return jax.lax.platform_dependent(*args, default=choices[forced or 'keyed'],
