@@ -1,6 +1,6 @@
 """Benchmarks of laperm_jax (not collected by pytest).
 
-Run from the repository root:
+Run from the repository root (``python -m benchmarks`` runs both):
 
 * ``python -m benchmarks.reconnect``: reconnect time per variant and per
   model's kernels against the int32-sort floor and the baselines; the
