@@ -18,6 +18,7 @@ import optax
 from laperm_jax import masks
 from laperm_jax import ranking
 from laperm_jax import sharding
+from laperm_jax import sort_keys
 from laperm_jax import vectors
 
 PyTree = Any
@@ -191,6 +192,16 @@ def reconnect(params: PyTree, pool: PyTree, *, vector_axes=None) -> PyTree:
   return jax.tree.unflatten(jax.tree.structure(params), new_leaves)
 
 
+def _same_values(a: jax.Array, b: jax.Array) -> jax.Array:
+  # Compares order keys, not floats: XLA:CPU float compares treat subnormals
+  # as zero, and NaN != NaN. Keys tie exactly where the ranking ties (-0.0
+  # and +0.0; any two NaNs).
+  try:
+    return sort_keys.total_order_key(a) == sort_keys.total_order_key(b)
+  except TypeError:  # a float without an integer key (e.g. float8)
+    return a == b
+
+
 def is_permutation_of_pool(params: PyTree, pool: PyTree, *,
                            vector_axes=None) -> PyTree:
   """Whether each reconnected leaf is, per vector, a permutation of its pool.
@@ -202,7 +213,8 @@ def is_permutation_of_pool(params: PyTree, pool: PyTree, *,
 
   Returns:
     A pytree with the pool's structure: a boolean scalar array per leaf with
-    a pool (True when every weight vector, sorted, equals its pool vector),
+    a pool (True when every weight vector, sorted, equals its pool vector
+    value for value; ``-0.0`` matches ``+0.0`` and NaN matches NaN),
     ``optax.MaskedNode()`` elsewhere. ``all(jax.tree.leaves(result))`` is the
     answer for the whole tree.
 
@@ -220,7 +232,7 @@ def is_permutation_of_pool(params: PyTree, pool: PyTree, *,
       continue
     axes = vectors.normalize_vector_axes(spec, jnp.ndim(leaf), name)
     results.append(_on_rows(
-        lambda rows, pool_rows: jnp.all(ranking.sort_rows(rows) == pool_rows,
-                                        axis=-1),
+        lambda rows, pool_rows: jnp.all(
+            _same_values(ranking.sort_rows(rows), pool_rows), axis=-1),
         leaf, axes, pool_leaf, rows_out=False).all())
   return jax.tree.unflatten(jax.tree.structure(params), results)

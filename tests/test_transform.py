@@ -251,3 +251,13 @@ def test_sparse_and_shared_value_init():
   np.testing.assert_array_equal(jnp.sum(synced['w'] == 0, axis=0),
                                 jnp.sum(agnostic['w'] == 0, axis=0))
   assert not np.array_equal(synced['w'], agnostic['w'])
+
+
+def test_permutation_check_is_exact_for_subnormals_and_nan():
+  w = jnp.array([[1e-40], [0.0], [-1e-41], [jnp.nan]])
+  pool = laperm_jax.sorted_pool({'w': w})
+  np.testing.assert_array_equal(
+      pool['w'].ravel(), np.array([-1e-41, 0.0, 1e-40, np.nan], np.float32))
+  assert bool(laperm_jax.is_permutation_of_pool({'w': w[::-1]}, pool)['w'])
+  flushed = jnp.array([[0.0], [0.0], [-1e-41], [jnp.nan]])
+  assert not bool(laperm_jax.is_permutation_of_pool({'w': flushed}, pool)['w'])
