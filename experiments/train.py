@@ -17,7 +17,9 @@ import argparse
 import os
 import sys
 
+from experiments import checkpointing
 from experiments import cli
+from experiments import mesh as mesh_lib
 from experiments import plots
 from experiments import presets as presets_lib
 from experiments import training
@@ -33,6 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--out', default='runs/default',
                       help='output directory (results.json, PNG plots)')
   parser.add_argument('--list-presets', action='store_true')
+  parser.add_argument('--checkpoint-every', type=int, default=None,
+                      metavar='N', help='save an Orbax checkpoint every N '
+                      'steps (and at the end) under OUT/checkpoints')
+  parser.add_argument('--resume', action='store_true',
+                      help='continue from the latest checkpoint in OUT (same '
+                      'flags as the interrupted run)')
+  parser.add_argument('--mesh', default=None, metavar='data=D[,model=M]',
+                      help='train on D*M devices: the batch split over data, '
+                      'kernels split over their output axis on model')
   return parser
 
 
@@ -64,11 +75,35 @@ def main(argv=None) -> int:
   dataset = cli.load_dataset(base_cfg)
   title = f'{args.model} on {args.dataset}'
   outcomes = {}
+  plan = None
+  if args.mesh:
+    try:
+      plan = mesh_lib.MeshPlan(args.mesh, args.batch_size)
+    except mesh_lib.MeshError as e:
+      cli.fail(str(e))
   for opt in optimizers:
     cfg = cli.config_from_args(args, optimizer=opt)
     pipeline = cli.make_pipeline(cfg, dataset)
+    checkpoints = None
+    if args.checkpoint_every is not None or args.resume:
+      run_dir = args.out if len(optimizers) == 1 else os.path.join(args.out,
+                                                                   opt)
+      try:
+        checkpoints = checkpointing.Checkpoints(
+            os.path.join(run_dir, 'checkpoints'), cfg, args.checkpoint_every,
+            resume=args.resume)
+      except checkpointing.ResumeError as e:
+        cli.fail(str(e))
+      if args.resume:
+        print(f'{opt}: resuming from step {checkpoints.latest}'
+              if checkpoints.latest is not None else
+              f'{opt}: no checkpoint in {checkpoints.directory}; starting '
+              'from step 0', file=sys.stderr, flush=True)
     result = training.run(cfg, progress=not args.no_progress,
-                          pipeline=pipeline)
+                          pipeline=pipeline, checkpoints=checkpoints,
+                          mesh=plan)
+    if checkpoints is not None:
+      checkpoints.close()
     outcomes[opt] = result
     print(summary_line(opt, result.results), flush=True)
   if len(outcomes) == 1:

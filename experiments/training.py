@@ -38,6 +38,7 @@ import optax
 
 import laperm_jax
 from experiments import augment as augment_lib
+from experiments import checkpointing
 from experiments import data as data_lib
 from experiments import models as models_lib
 
@@ -302,15 +303,24 @@ class Pipeline:
 
 
 def run(cfg: RunConfig, dataset: data_lib.Dataset | None = None,
-        progress: bool = True, pipeline: Pipeline | None = None) -> RunResult:
-  """Trains one configuration and returns its results and weights."""
+        progress: bool = True, pipeline: Pipeline | None = None,
+        checkpoints=None, mesh=None) -> RunResult:
+  """Trains one configuration and returns its results and weights.
+
+  ``checkpoints``: an ``experiments.checkpointing.Checkpoints`` (saves, and
+  resumes from its latest checkpoint); ``mesh``: an
+  ``experiments.mesh.MeshPlan`` (multi-device).
+  """
   start_time = time.time()
   pipe = pipeline or Pipeline(cfg, dataset)
   model, is_laperm = pipe.model, cfg.optimizer == 'laperm'
   params, batch_stats, mask = pipe.init_variables()
   params0 = to_host(params)
   inner, tx = pipe.make_optimizer(mask)
-  opt_state = tx.init(params)
+  if mesh is not None:
+    params, batch_stats, opt_state = mesh.place(pipe, params, batch_stats, tx)
+  else:
+    opt_state = tx.init(params)
   pool = opt_state.pool if is_laperm else None
   has_bn = bool(jax.tree.leaves(batch_stats))
   decay_mask = pipe.decay_mask(params)
@@ -339,12 +349,17 @@ def run(cfg: RunConfig, dataset: data_lib.Dataset | None = None,
     key = jax.random.fold_in(base_key, step)
     k_aug, k_drop = jax.random.split(key)
     x = pipe.preprocess(x_train[idx])
+    if mesh is not None:
+      x = mesh.shard_batch(x)
     x = augment_lib.random_affine(k_aug, x, pipe.augmentation)
     (_, (ce, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         params, batch_stats, x, y_train[idx], k_drop)
     updates, new_opt_state = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
-    return (new_params, batch_stats, new_opt_state), (ce, grads)
+    new_carry = (new_params, batch_stats, new_opt_state)
+    if mesh is not None:
+      new_carry = mesh.constrain(new_carry)
+    return new_carry, (ce, grads)
 
   @jax.jit
   def scan_chunk(carry, idx, steps, x_train, y_train):
@@ -431,18 +446,43 @@ def run(cfg: RunConfig, dataset: data_lib.Dataset | None = None,
     bar = tqdm(total=total, desc=f'{cfg.optimizer} {cfg.model}',
                unit='step', leave=True)
   train_time = 0.0
+  pending = []  # losses of an interval a checkpoint interrupted
+  every = None
+  if checkpoints is not None:
+    checkpoints.total_steps, every = total, checkpoints.every
+    if checkpoints.latest is not None:
+      restored = checkpoints.restore(
+          tx, dict(carry=carry, prev_exact=prev_exact),
+          mesh.sharding_of if mesh is not None else
+          lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+      carry, prev_exact = restored['carry'], restored['prev_exact']
+      pool = carry[2].pool if is_laperm else None
+      loop = checkpoints.loop_state()
+      step, history, sync_records = (loop['step'], loop['history'],
+                                     loop['sync_records'])
+      train_time, initial_accuracy = (loop['train_time'],
+                                      loop['initial_accuracy'])
+      pending = loop['pending_losses']
+  def save(at, losses=()):
+    checkpoints.save(at, dict(carry=carry, prev_exact=prev_exact),
+                     checkpointing.loop_meta(history, sync_records, train_time,
+                                             initial_accuracy, losses))
   for point in points:
+    if point <= step:  # done before the checkpoint this run resumed from
+      continue
     t0 = time.time()
-    losses = []
+    losses, pending = pending, []
     is_sync = is_laperm and point % k == 0
     tracked = cfg.track_syncs and is_sync
     chunk_end = point - 1 if tracked else point
-    if chunk_end > step:
-      idx = pipe.batch_indices(step, chunk_end)
-      steps = jnp.arange(step + 1, chunk_end + 1, dtype=jnp.int32)
+    for lo, hi in checkpointing.spans(step, chunk_end, every):
+      idx = pipe.batch_indices(lo, hi)
+      steps = jnp.arange(lo + 1, hi + 1, dtype=jnp.int32)
       carry, ce = run_chunk(carry, jnp.asarray(idx), steps, pipe.x_train,
                             pipe.y_train)
       losses.append(np.asarray(ce))
+      if checkpoints is not None and hi < point and checkpoints.due(hi):
+        save(hi, losses)  # mid-interval (between two syncs for LaPerm)
     if tracked:
       idx = pipe.batch_indices(point - 1, point)[0]
       carry, ce, pre_sync = sync_step(carry, jnp.asarray(idx),
@@ -482,6 +522,8 @@ def run(cfg: RunConfig, dataset: data_lib.Dataset | None = None,
     if bar is not None:
       bar.update(point - bar.n)
       bar.set_postfix(test_acc=f'{history[-1]["test_accuracy"]:.4f}')
+    if checkpoints is not None and checkpoints.due(point):
+      save(point)
   if bar is not None:
     bar.close()
 
@@ -532,6 +574,7 @@ def run(cfg: RunConfig, dataset: data_lib.Dataset | None = None,
       n_reconnected=n_reconnected,
       initial_zero_fraction_reconnected=(n_zero0 / n_reconnected
                                          if n_reconnected else 0.0),
+      mesh=mesh.describe() if mesh is not None else None,
       wall_time_s=time.time() - start_time,
       train_time_s=train_time,
       backend=jax.default_backend(),
