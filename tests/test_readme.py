@@ -21,5 +21,5 @@ def test_readme_snippet_runs(index):
 def test_readme_commands_match_ci():
   ci = (README.parent / '.ci' / 'run').read_text()
   test_command = [line for line in README.read_text().splitlines()
-                  if 'pip install -e ".[test]"' in line]
+                  if 'pip install -e ".[test,experiments]"' in line]
   assert test_command and test_command[0].strip() in ci
