@@ -66,6 +66,7 @@ def test_laperm_learns_real_digits():
     assert int(state.steps_since_sync) == 0
 
   test_accuracy = accuracy(params, x[test], y[test])
+  print('LaPerm test accuracy on sklearn digits:', test_accuracy)
   assert test_accuracy > 0.85, test_accuracy  # chance is 0.10
 
   exact = laperm_jax.reconnect(params, state.pool)
