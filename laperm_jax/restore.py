@@ -26,13 +26,10 @@ import numpy as np
 import optax
 
 from laperm_jax import masks
+from laperm_jax.reconnection import is_masked
 from laperm_jax.transform import LaPermState
 
 PyTree = Any
-
-
-def _is_masked(x) -> bool:
-  return isinstance(x, optax.MaskedNode)
 
 
 def _described(tree) -> dict[str, Any]:
@@ -124,13 +121,13 @@ def _check_pool_sorted(tx, pool: PyTree, params: PyTree) -> None:
   """Re-sorting a pool with ``tx``'s own settings must leave it unchanged."""
   as_params = jax.tree.map(
       lambda pool_leaf, p: (jnp.zeros(p.shape, p.dtype)
-                            if _is_masked(pool_leaf) else pool_leaf),
-      pool, params, is_leaf=_is_masked)
+                            if is_masked(pool_leaf) else pool_leaf),
+      pool, params, is_leaf=is_masked)
   resorted = tx.init(as_params).pool
-  leaves, _ = jax.tree_util.tree_flatten_with_path(pool, is_leaf=_is_masked)
+  leaves, _ = jax.tree_util.tree_flatten_with_path(pool, is_leaf=is_masked)
   for (path, pool_leaf), again in zip(
-      leaves, jax.tree.leaves(resorted, is_leaf=_is_masked)):
-    if _is_masked(pool_leaf):
+      leaves, jax.tree.leaves(resorted, is_leaf=is_masked)):
+    if is_masked(pool_leaf):
       continue
     if not np.array_equal(np.asarray(pool_leaf), np.asarray(again),
                           equal_nan=True):

@@ -136,9 +136,7 @@ def test_apply_updates_error_bound_and_exact_cases():
 
 
 def test_schedule_counts_from_last_sync():
-  periods = []
   def schedule(count):
-    periods.append(count)
     return jnp.where(count < 4, 2, 3)
   params = {'w': jnp.asarray(make_params()['dense'])}
   tx = laperm_jax.laperm(optax.sgd(0.1), schedule)
