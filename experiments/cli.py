@@ -68,6 +68,9 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
   add('--scan', default='auto', choices=('auto', 'on', 'off'),
       help='lax.scan over the steps between evaluations (auto: not for conv '
       'models on CPU, where XLA runs convs much slower inside a loop)')
+  add('--time-limit', type=float, default=None, metavar='SECONDS',
+      help='stop at the first evaluation point after this much training '
+      'time (results.json records where: stopped_early)')
   add('--no-progress', action='store_true', help='no progress bar')
 
 
@@ -117,7 +120,7 @@ def config_from_args(args, **overrides) -> training.RunConfig:
       max_steps=args.max_steps, train_subset=args.train_subset,
       test_subset=args.test_subset, data_source=args.data_source,
       data_dir=args.data_dir, track_syncs=args.track_syncs,
-      scan=args.scan)
+      scan=args.scan, time_limit_s=args.time_limit)
   return dataclasses.replace(cfg, **overrides)
 
 

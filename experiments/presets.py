@@ -60,6 +60,10 @@ PRESETS: dict[str, dict] = {
                            lr_schedule='exp:0.9966'),
     'cpu_f2_mnist5k': dict(_F2, dataset='mnist5k', epochs=375,
                            lr_schedule='exp:0.9966'),
+    # The paper's Conv7 configuration on Fashion-MNIST, for a GPU
+    # (benchmarks/gpu.py runs it beside Adam).
+    'gpu_conv7_fashion': dict(_CONV7, dataset='fashion_mnist', epochs=45,
+                              k='1200'),
     # Tiny, for smoke tests and the notebook's CPU check.
     'tiny_digits': dict(model='lenet300', dataset='digits', batch_size=32,
                         epochs=1, k='5'),

@@ -77,6 +77,8 @@ class RunConfig:
   data_dir: str | None = None
   track_syncs: bool = False
   eval_batch_size: int = 1000
+  time_limit_s: float | None = None  # stop at the first evaluation point
+                                      # after this much training time
   scan: str = 'auto'  # on | off | auto: lax.scan over steps, except for conv
                       # models on CPU (XLA:CPU runs convs ~20x slower inside
                       # a while loop; there a jitted step per call is used)
@@ -467,9 +469,15 @@ def run(cfg: RunConfig, dataset: data_lib.Dataset | None = None,
     checkpoints.save(at, dict(carry=carry, prev_exact=prev_exact),
                      checkpointing.loop_meta(history, sync_records, train_time,
                                              initial_accuracy, losses))
+  stopped_early = None
   for point in points:
     if point <= step:  # done before the checkpoint this run resumed from
       continue
+    if (cfg.time_limit_s is not None and history and
+        train_time >= cfg.time_limit_s):
+      stopped_early = dict(at_step=step, epochs_done=step / pipe.steps_per_epoch,
+                           reason=f'time limit of {cfg.time_limit_s} s')
+      break
     t0 = time.time()
     losses, pending = pending, []
     is_sync = is_laperm and point % k == 0
@@ -575,6 +583,7 @@ def run(cfg: RunConfig, dataset: data_lib.Dataset | None = None,
       initial_zero_fraction_reconnected=(n_zero0 / n_reconnected
                                          if n_reconnected else 0.0),
       mesh=mesh.describe() if mesh is not None else None,
+      stopped_early=stopped_early,
       wall_time_s=time.time() - start_time,
       train_time_s=train_time,
       backend=jax.default_backend(),
