@@ -42,7 +42,7 @@ import xml.etree.ElementTree as ET
 
 CORE_TESTS = ('tests/test_ranking.py', 'tests/test_ranking_tree.py',
               'tests/test_transform.py', 'tests/test_properties.py',
-              'tests/test_errors.py')
+              'tests/test_errors.py', 'tests/test_lowering.py')
 
 
 def log(*args) -> None:
@@ -75,7 +75,9 @@ def machine_info() -> dict:
                             text=True, timeout=10).stdout.strip()
   except (OSError, subprocess.SubprocessError):
     commit = None
-  info['commit'] = commit or os.environ.get('LAPERM_COMMIT')
+  # The device's copy of the tree may carry stale git metadata: the caller
+  # passes the commit it sent.
+  info['commit'] = os.environ.get('LAPERM_COMMIT') or commit
   return info
 
 
@@ -110,7 +112,7 @@ def device_kernels(shapes, seed: int = 0):
   return current, pool
 
 
-def part_reconnect(work: str, smoke: bool) -> None:
+def part_reconnect(work: str, smoke: bool, only: str | None = None) -> None:
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -130,6 +132,8 @@ def part_reconnect(work: str, smoke: bool) -> None:
                       for g, e in zip(got, expected)]).all()
 
   for name, shapes in reconnect_models(smoke).items():
+    if only and not any(o in name for o in only.split(',')):
+      continue
     t0 = time.time()
     size = sum(math.prod(s) for s in shapes)
     log(f'reconnect: {name}, {len(shapes)} kernels, {size:,} weights')
@@ -282,8 +286,17 @@ def part_train_step(work: str, smoke: bool) -> None:
                                        ('minima', minima))},
         table=timing.table(stats, 'plain', f'{name}: train step, batch '
                            f'{batch}, {rounds} rounds'))
-    del runners
+    fresh = init(jax.random.key(0))
+    compiled = jax.jit(ts.make_step(apply, txs['laperm non-sync']),
+                       donate_argnums=(0, 1)).lower(
+                           fresh, txs['laperm non-sync'].init(fresh), x,
+                           y).compile()
+    entry['param_sized_copies_in_laperm_step'] = ts.param_sized_copies(
+        compiled.as_text(), fresh)
+    del runners, compiled
     print(entry['table'], flush=True)
+    print('param-sized copies in the LaPerm step:',
+          entry['param_sized_copies_in_laperm_step'], flush=True)
     if not name.startswith('MLP'):
       entry['periods'] = periods(init, apply, x, y, k, smoke)
       print(entry['periods'], flush=True)
@@ -373,10 +386,11 @@ def comparison_at_equal_epochs(laperm: dict, adam: dict) -> dict | None:
 
 # ---------------------------------------------------------- orchestra --
 def run_part(part: str, work: str, smoke: bool, timeout: float,
-             env: dict) -> dict:
+             env: dict, only: str | None = None) -> dict:
   t0 = time.time()
   cmd = [sys.executable, '-m', 'benchmarks.gpu', '--part', part, '--work',
-         work] + (['--smoke'] if smoke else [])
+         work] + (['--smoke'] if smoke else []) + (
+             ['--only', only] if only else [])
   log(f'part {part}: timeout {timeout:.0f} s')
   try:
     proc = subprocess.run(cmd, env=env, timeout=max(timeout, 10))
@@ -404,11 +418,15 @@ def orchestrate(args) -> None:
   left = lambda: deadline - time.time()
 
   # 1 and 2: alone on the GPU, each with its share of the budget.
-  report['parts']['reconnect'] = run_part(
-      'reconnect', work, args.smoke, min(args.reconnect_s, left() - 200), env)
-  report['parts']['train_step'] = run_part(
-      'train_step', work, args.smoke, min(args.train_step_s, left() - 150),
-      env)
+  parts = args.parts.split(',')
+  if 'reconnect' in parts:
+    report['parts']['reconnect'] = run_part(
+        'reconnect', work, args.smoke, min(args.reconnect_s, left() - 200),
+        env, args.only)
+  if 'train_step' in parts:
+    report['parts']['train_step'] = run_part(
+        'train_step', work, args.smoke, min(args.train_step_s, left() - 150),
+        env)
   for part in ('reconnect', 'train_step'):
     path = os.path.join(work, f'{part}.json')
     if os.path.exists(path):
@@ -421,30 +439,35 @@ def orchestrate(args) -> None:
   time_limit = max(20.0, left() - 60)
   trainings = {opt: start_training(opt, work, args.data_dir, args.smoke,
                                    time_limit, env)
-               for opt in ('laperm', 'adam')}
-  pytest_log = os.path.join(out, 'pytest.log')
-  junit = os.path.join(work, 'pytest.xml')
-  cmd = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
-         '-o', 'addopts=', '-m', 'not slow', '--doctest-modules',
-         f'--junitxml={junit}', 'laperm_jax', *CORE_TESTS]
-  if not args.smoke:
-    cmd[3:3] = ['-n', str(args.test_workers)]
-  log('start:', ' '.join(cmd))
-  with open(pytest_log, 'w') as logf:
-    tests = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
-                             env=env)
-    try:
-      tests.wait(timeout=max(10, left() - 15))
-      report['tests'] = dict(exit=tests.returncode,
-                             wall_s=time.time() - phase3)
-    except subprocess.TimeoutExpired:
-      tests.kill()
-      report['tests'] = dict(exit=None, wall_s=time.time() - phase3,
-                             status='killed at the deadline')
-  report['tests'].update(junit_summary(junit))
-  report['tests']['command'] = ' '.join(cmd[1:])
-  log('tests:', {k: v for k, v in report['tests'].items() if k != 'failed'})
-  write_json(gpu_json, report)
+               for opt in ('laperm', 'adam') if 'conv7' in parts}
+  report['tests'] = dict(status='not run')
+  if 'tests' in parts:
+    pytest_log = os.path.join(out, 'pytest.log')
+    junit = os.path.join(out, 'pytest.xml')
+    # -p no:benchmark: pytest-benchmark (on the device) warns under xdist,
+    # and filterwarnings=error turns that into an internal error.
+    cmd = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
+           '-p', 'no:benchmark', '-o', 'addopts=', '-m', 'not slow',
+           '--doctest-modules', f'--junitxml={junit}', 'laperm_jax',
+           *CORE_TESTS]
+    if not args.smoke:
+      cmd[3:3] = ['-n', str(args.test_workers)]
+    log('start:', ' '.join(cmd))
+    with open(pytest_log, 'w') as logf:
+      tests = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
+                               env=env)
+      try:
+        tests.wait(timeout=max(10, left() - 15))
+        report['tests'] = dict(exit=tests.returncode,
+                               wall_s=time.time() - phase3)
+      except subprocess.TimeoutExpired:
+        tests.kill()
+        report['tests'] = dict(exit=None, wall_s=time.time() - phase3,
+                               status='killed at the deadline')
+    report['tests'].update(junit_summary(junit))
+    report['tests']['command'] = ' '.join(cmd[1:])
+    log('tests:', {k: v for k, v in report['tests'].items() if k != 'failed'})
+    write_json(gpu_json, report)
 
   conv7 = {}
   for opt, proc in trainings.items():
@@ -497,9 +520,14 @@ def main() -> None:
   parser.add_argument('--data-dir', default=None,
                       help='Fashion-MNIST IDX files for the Conv7 run')
   parser.add_argument('--part', choices=('reconnect', 'train_step'))
+  parser.add_argument('--parts', default='reconnect,train_step,tests,conv7',
+                      help='comma-separated parts to run')
+  parser.add_argument('--only', default=None,
+                      help='reconnect: comma-separated substrings of model '
+                      'names to run (default all)')
   args = parser.parse_args()
   if args.part == 'reconnect':
-    part_reconnect(args.work, args.smoke)
+    part_reconnect(args.work, args.smoke, args.only)
   elif args.part == 'train_step':
     part_train_step(args.work, args.smoke)
   else:

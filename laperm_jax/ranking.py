@@ -40,12 +40,15 @@ all three. The integer key never compares floats.
 
 Choosing one. By default the variant is chosen at lowering time for the
 platform the computation is compiled for (``jax.lax.platform_dependent``),
-from :data:`VARIANT_BY_PLATFORM`: ``'packed'`` on CPU (measured at 1.0-1.3x
-a plain int32 sort of the same rows, see BENCHMARKS.md; large leaves run in
-row blocks, see ``CPU_BLOCK_ELEMENTS``) and on GPU (XLA:GPU can hand a
-single-operand integer sort to a radix sort), ``'keyed_cosort'`` on TPU (no
-64-bit emulation, no scatter or gather), ``'keyed'`` elsewhere. The GPU and
-TPU choices are reasoned, not measured. To force one, pass ``variant=`` to
+from :data:`VARIANT_BY_PLATFORM`, by measurement where we could measure:
+``'packed'`` on CPU (1.0-1.3x a plain int32 sort of the same rows on 2 CPU
+cores; large leaves run in row blocks, see ``CPU_BLOCK_ELEMENTS``) and
+``'keyed_cosort'`` on CUDA (1.10-1.21x the int32 floor on an H200 from
+LeNet-300-100 to a 1.0B-weight transformer stack, where ``'packed'``'s 64-bit
+keys cost 1.13-1.64x; ``benchmarks/gpu.py``, BENCHMARKS.md). ROCm follows
+CUDA and TPU gets ``'keyed_cosort'`` too (no 64-bit integer emulation, no
+scatter or gather), both reasoned, not measured; ``'keyed'`` elsewhere.
+To force one, pass ``variant=`` to
 the functions here, or set the environment variable
 ``LAPERM_JAX_RECONNECT_VARIANT`` (``'auto'`` or unset means the default). The
 variable is read when a function is traced and ``jit`` caches traces: set it
@@ -69,8 +72,8 @@ VARIANTS = ('packed', 'packed_cosort', 'keyed', 'keyed_cosort')
 
 VARIANT_BY_PLATFORM = {
     'cpu': 'packed',
-    'cuda': 'packed',
-    'rocm': 'packed',
+    'cuda': 'keyed_cosort',
+    'rocm': 'keyed_cosort',
     'tpu': 'keyed_cosort',
 }
 """The automatic choice per lowering platform; others get ``'keyed'``."""

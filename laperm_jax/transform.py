@@ -220,28 +220,54 @@ def laperm(
     steps_since_sync = state.steps_since_sync + 1
     is_sync = steps_since_sync >= period
 
-    def sync(params, inner_updates, inner_state, pool):
+    # Only what a sync changes goes through the cond: the updates of
+    # reconnected leaves (and the inner state when it is reset). Every value
+    # carried through a cond is materialised in both branches, so carrying
+    # the whole update and the inner state (Adam's two moments) cost
+    # param-sized copies on every non-sync step (measured on an H200, see
+    # BENCHMARKS.md); other leaves' updates bypass the cond.
+    def only_reconnected(tree):
+      return jax.tree.map(
+          lambda pool_leaf, x: pool_leaf if reconnection.is_masked(pool_leaf)
+          else x, state.pool, tree, is_leaf=reconnection.is_masked)
+
+    def sync(params, inner_updates, pool, *inner_state):
       candidate = jax.tree.map(
-          lambda p, u: jnp.asarray(p + u).astype(jnp.asarray(p).dtype),
-          params, inner_updates)
+          lambda pool_leaf, p, u: p if reconnection.is_masked(pool_leaf)
+          else jnp.asarray(p + u).astype(jnp.asarray(p).dtype),
+          pool, params, inner_updates, is_leaf=reconnection.is_masked)
       reconnected = reconnection.reconnect(candidate, pool,
                                             vector_axes=vector_axes)
       def sync_update(pool_leaf, p, q, u):
         if reconnection.is_masked(pool_leaf):
-          return u
+          return pool_leaf
         return jnp.asarray(q - p).astype(jnp.asarray(u).dtype)
       sync_updates = jax.tree.map(sync_update, pool, params, reconnected,
                                   inner_updates, is_leaf=reconnection.is_masked)
-      if reset_inner_state:
-        inner_state = inner.init(optax.apply_updates(params, sync_updates))
-      return sync_updates, inner_state
+      if not inner_state:
+        return sync_updates, ()
+      full_params, full_updates = inner_state[1], inner_state[2]
+      merged = merge(sync_updates, full_updates)
+      return sync_updates, (inner.init(optax.apply_updates(full_params,
+                                                           merged)),)
 
-    def no_sync(params, inner_updates, inner_state, pool):
+    def no_sync(params, inner_updates, pool, *inner_state):
       del params, pool
-      return inner_updates, inner_state
+      return inner_updates, inner_state[:1]
 
-    new_updates, inner_state = jax.lax.cond(
-        is_sync, sync, no_sync, params, inner_updates, inner_state, state.pool)
+    def merge(reconnected_updates, all_updates):
+      return jax.tree.map(
+          lambda pool_leaf, r, u: u if reconnection.is_masked(pool_leaf)
+          else r, state.pool, reconnected_updates, all_updates,
+          is_leaf=reconnection.is_masked)
+
+    extra = (inner_state, params, inner_updates) if reset_inner_state else ()
+    sync_updates, reset_state = jax.lax.cond(
+        is_sync, sync, no_sync, params, only_reconnected(inner_updates),
+        state.pool, *extra)
+    new_updates = merge(sync_updates, inner_updates)
+    if reset_inner_state:
+      inner_state = reset_state[0]
     new_state = LaPermState(
         count=optax.safe_increment(state.count),
         steps_since_sync=jnp.where(is_sync, 0, steps_since_sync).astype(

@@ -1,0 +1,84 @@
+"""Every platform's branch lowers, on a machine that has none of them.
+
+``jax.export`` lowers a jitted function for platforms this machine lacks, so
+an op that a backend cannot lower fails here, in CI on CPU. Exporting for
+one platform alone keeps only that platform's branch of
+``lax.platform_dependent``: the program then shows which reconnect variant
+that platform really runs.
+"""
+
+import re
+
+import jax
+from jax import export
+import jax.numpy as jnp
+import optax
+import pytest
+
+import laperm_jax
+from laperm_jax import ranking
+
+PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
+DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
+
+
+def make_params(dtype):
+  # A Conv and a Dense kernel, a bias, and a vector longer than 2**16 (16-bit
+  # floats then need the 64-bit packed key on CPU).
+  return {'conv': jnp.zeros((3, 3, 2, 4), dtype),
+          'dense': jnp.zeros((6, 5), dtype),
+          'long': jnp.zeros((2**16 + 8, 2), dtype),
+          'bias': jnp.zeros(5, dtype)}
+
+
+def signature(text: str) -> dict:
+  """What a lowered program does, as counts that tell the variants apart."""
+  return dict(sorts=text.count('stablehlo.sort'),
+              scatters=text.count('stablehlo.scatter'),
+              int64=bool(re.search(r'x(u)?i64>|tensor<(u)?i64>', text)))
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
+def test_update_reconnect_and_pool_lower_for_every_platform(dtype):
+  params = make_params(dtype)
+  tx = laperm_jax.laperm(optax.adam(1e-3), 2)
+  state = tx.init(params)
+  functions = {
+      'update': (lambda g, s, p: tx.update(g, s, p), (params, state, params)),
+      'reconnect': (laperm_jax.reconnect, (params, state.pool)),
+      'sorted_pool': (laperm_jax.sorted_pool, (params,)),
+  }
+  for name, (fn, args) in functions.items():
+    exported = export.export(jax.jit(fn), platforms=PLATFORMS)(*args)
+    assert exported.platforms == PLATFORMS, name
+    assert 'stablehlo.sort' in exported.mlir_module(), name
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
+def test_tpu_branch_uses_no_64_bit_integers(dtype):
+  # TPUs emulate 64-bit integers; the TPU variant must not need them, for
+  # any float width and vector length.
+  params = make_params(dtype)
+  tx = laperm_jax.laperm(optax.adam(1e-3), 2)
+  state = tx.init(params)
+  exported = export.export(jax.jit(tx.update), platforms=('tpu',))(
+      params, state, params)
+  assert not signature(exported.mlir_module())['int64']
+
+
+@pytest.mark.parametrize('platform', PLATFORMS)
+def test_each_platform_runs_its_documented_variant(platform):
+  rows = jnp.zeros((4, 300), jnp.float32)
+
+  def lowered(variant):
+    fn = jax.jit(lambda c, p: ranking.reconnect_rows(c, p, variant=variant))
+    return signature(export.export(fn, platforms=(platform,))(
+        rows, rows).mlir_module())
+
+  by_variant = {variant: lowered(variant) for variant in ranking.VARIANTS}
+  # The variants are told apart by these counts (else the test proves
+  # nothing) ...
+  assert len({tuple(s.values()) for s in by_variant.values()}) == len(
+      ranking.VARIANTS)
+  # ... and the automatic choice is the documented one.
+  assert lowered(None) == by_variant[ranking.VARIANT_BY_PLATFORM[platform]]
