@@ -54,7 +54,8 @@ def run(params, tx):
 
 
 def spec_of(x):
-  return None if isinstance(x, optax.MaskedNode) else str(x.sharding.spec)
+  return (None if isinstance(x, optax.MaskedNode) else
+          str(x.values.sharding.spec))
 
 
 def mesh_check(axis_type, specs, reference):
@@ -67,7 +68,8 @@ def mesh_check(axis_type, specs, reference):
   eager = laperm_jax.reconnect(out, eager_pool)
   return {
       'equal': all(np.array_equal(out[k], reference[0][k]) for k in out),
-      'pool_equal': all(np.array_equal(state.pool[k], reference[1].pool[k])
+      'pool_equal': all(np.array_equal(state.pool[k].values,
+                                    reference[1].pool[k].values)
                         for k in ('dense', 'conv')),
       'param_specs': {k: str(v.sharding.spec) for k, v in out.items()},
       'pool_specs': {k: spec_of(v) for k, v in state.pool.items()
@@ -155,13 +157,13 @@ def nnx_check():
         'pool_metadata': str(pool.get_metadata().get('out_sharding')),
         'mu_metadata': str(mu.get_metadata().get('out_sharding')),
         'kernel_metadata': str(kernel.get_metadata().get('out_sharding')),
-        'pool_spec': str(jax.typeof(pool[...]).sharding.spec),
+        'pool_spec': str(jax.typeof(pool.get_value().values).sharding.spec),
         'kernel_spec': str(jax.typeof(kernel[...]).sharding.spec),
         'partition_spec': str(nnx.get_partition_spec(nnx.state(
             optimizer)).opt_state.pool['dense']['kernel'].get_value()),
         'synced': int(state.steps_since_sync[...]) == 0,
         'gap_to_pool': float(jnp.max(jnp.abs(laperm_jax.reconnect(
-            {'k': kernel[...]}, {'k': pool[...]})['k'] - kernel[...]))),
+            {'k': kernel[...]}, {'k': pool.get_value()})['k'] - kernel[...]))),
     }
 
 
