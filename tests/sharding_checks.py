@@ -150,20 +150,22 @@ def nnx_check():
     for _ in range(STEPS):
       step(model, optimizer, x)
     state = optimizer.opt_state
-    pool = state.pool['dense']['kernel']
+    pool_leaf = state.pool['dense']['kernel']  # a PoolLeaf
+    pool = pool_leaf.values  # the OptVariable
     mu = state.inner_state[0].mu['dense']['kernel']
     kernel = model.dense.kernel
     return {
         'pool_metadata': str(pool.get_metadata().get('out_sharding')),
         'mu_metadata': str(mu.get_metadata().get('out_sharding')),
         'kernel_metadata': str(kernel.get_metadata().get('out_sharding')),
-        'pool_spec': str(jax.typeof(pool.get_value().values).sharding.spec),
+        'pool_spec': str(jax.typeof(pool[...]).sharding.spec),
         'kernel_spec': str(jax.typeof(kernel[...]).sharding.spec),
         'partition_spec': str(nnx.get_partition_spec(nnx.state(
-            optimizer)).opt_state.pool['dense']['kernel'].get_value()),
+            optimizer)).opt_state.pool['dense']['kernel'].values.get_value()),
         'synced': int(state.steps_since_sync[...]) == 0,
         'gap_to_pool': float(jnp.max(jnp.abs(laperm_jax.reconnect(
-            {'k': kernel[...]}, {'k': pool.get_value()})['k'] - kernel[...]))),
+            {'k': kernel[...]}, {'k': laperm_jax.PoolLeaf(
+                pool[...], pool_leaf.vector_axes)})['k'] - kernel[...]))),
     }
 
 
