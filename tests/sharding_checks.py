@@ -161,7 +161,7 @@ def nnx_check():
         'pool_spec': str(jax.typeof(pool[...]).sharding.spec),
         'kernel_spec': str(jax.typeof(kernel[...]).sharding.spec),
         'partition_spec': str(nnx.get_partition_spec(nnx.state(
-            optimizer)).opt_state.pool['dense']['kernel'].values.get_value()),
+            optimizer)).opt_state.pool['dense']['kernel']['values'].get_value()),
         'synced': int(state.steps_since_sync[...]) == 0,
         'gap_to_pool': float(jnp.max(jnp.abs(laperm_jax.reconnect(
             {'k': kernel[...]}, {'k': laperm_jax.PoolLeaf(
