@@ -1,19 +1,8 @@
 """Array-level reconnection of rows: the one place where LaPerm sorts.
 
-Everything here works on 2-D arrays of shape ``(num_vectors, vector_length)``:
-one weight vector per row. Tree plumbing and axis handling live elsewhere
-(``vectors.py``, ``reconnection.py``), so that the sort itself can be studied,
-benchmarked and replaced in isolation.
-
-Ordering semantics (shared by every variant and by the NumPy reference in
-the tests):
-
-* ascending order, ``-0.0`` and ``+0.0`` compare equal;
-* NaNs (of either sign) rank after ``+inf``, all NaNs equal;
-* ties are broken by position within the row (a stable sort).
-
-This is NumPy's stable argsort, and the order ``jnp.argsort(...,
-stable=True)`` documents (but see the subnormal caveat below).
+Everything here works on 2-D arrays ``(num_vectors, vector_length)``, one
+weight vector per row, with the ordering of the README (ascending, ``-0.0 ==
++0.0``, NaNs last, ties by position).
 
 Variants. A reconnect is an exact stable argsort of each row (the *order*)
 followed by placing the sorted pool in that order. Every variant returns the
