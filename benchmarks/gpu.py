@@ -119,7 +119,7 @@ def part_reconnect(work: str, smoke: bool, only: str | None = None) -> None:
   from benchmarks import reconnect as rb
   import laperm_jax
   from benchmarks import timing
-  from laperm_jax import ranking
+  from laperm_jax import _ranking as ranking
 
   results = dict(models={}, variants=list(ranking.VARIANTS))
   path = os.path.join(work, 'reconnect.json')

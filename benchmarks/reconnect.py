@@ -8,7 +8,7 @@ timed side by side, in turns, with:
 * ``floor: int32 sort``: one single-operand int32 sort of the same rows, the
   least work an exact argsort can do with XLA;
 * ``reconnect_rows[<variant>]`` for every variant of
-  :mod:`laperm_jax.ranking`, on the rows (``[auto]`` is the per-platform
+  :mod:`laperm_jax._ranking`, on the rows (``[auto]`` is the per-platform
   choice);
 * ``laperm_jax.reconnect``: the public tree-level call on the kernels in their
   own layout, so including the transposes to rows and back;
@@ -34,9 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import laperm_jax
-from laperm_jax import ranking
-from laperm_jax import sort_keys
-from laperm_jax import vectors
+from laperm_jax import _ranking as ranking
+from laperm_jax import _sort_keys as sort_keys
+from laperm_jax import _layouts
+from laperm_jax import _rows
 from benchmarks import kernels
 from benchmarks import timing
 
@@ -56,7 +57,8 @@ def make_kernels(shapes, seed: int = 0):
 
 
 def rows_of(leaves):
-  return [vectors.to_rows(x, vectors.normalize_vector_axes(None, x.ndim))
+  leaves = [getattr(x, 'values', x) for x in leaves]  # PoolLeaf or array
+  return [_rows.to_rows(x, _layouts.normalize_vector_axes(None, x.ndim))
           for x in leaves]
 
 
@@ -95,6 +97,7 @@ def packed_non_minor(leaves, pool_leaves):
   """Packed sort along axis 0 of each kernel viewed as (vector_length, units)."""
   out = []
   for x, p in zip(leaves, pool_leaves):
+    p = p.values  # a laperm_jax.PoolLeaf
     length = math.prod(x.shape[:-1])
     x2, p2 = x.reshape(length, -1), p.reshape(length, -1)
     with jax.enable_x64(True):

@@ -136,9 +136,11 @@ def main(argv=None) -> dict:
       for p, q, s in zip(
           jax.tree.leaves(mesh_params),
           jax.tree.leaves(jax.tree.map(
-              lambda pool, p: p if isinstance(pool, optax.MaskedNode) else pool,
+              lambda pool, p: (p if isinstance(pool, optax.MaskedNode) else
+                               pool.values),
               mesh_state.pool, mesh_params,
-              is_leaf=lambda x: isinstance(x, optax.MaskedNode))),
+              is_leaf=lambda x: isinstance(x, (optax.MaskedNode,
+                                               laperm_jax.PoolLeaf)))),
           jax.tree.leaves(param_shardings)))
   report = {
       'devices': num_devices,

@@ -1,5 +1,7 @@
 """laperm_jax: LaPerm (Train-by-Reconnect) as an Optax gradient transformation.
 
+Only the names exported here are public; the ``_``-prefixed modules are not.
+
 Example:
   >>> import jax, jax.numpy as jnp, optax, laperm_jax
   >>> params = {'kernel': jax.random.normal(jax.random.key(0), (4, 3))}
@@ -9,22 +11,32 @@ Example:
   True
 """
 
-from laperm_jax.initializers import shared_value_init
-from laperm_jax.initializers import sparse_init
-from laperm_jax.masks import default_mask
-from laperm_jax.reconnection import is_permutation_of_pool
-from laperm_jax.reconnection import reconnect
-from laperm_jax.reconnection import sorted_pool
-from laperm_jax.restore import check_state
-from laperm_jax.transform import LaPermState
-from laperm_jax.transform import laperm
+from laperm_jax._initializers import shared_value_init
+from laperm_jax._initializers import sparse_init
+from laperm_jax._layouts import default_mask
+from laperm_jax._layouts import default_vector_axes
+from laperm_jax._pool import PoolLeaf
+from laperm_jax._pool import is_permutation_of_pool
+from laperm_jax._pool import reconnect
+from laperm_jax._pool import sorted_pool
+from laperm_jax._states import check_state
+from laperm_jax._states import exact_params
+from laperm_jax._states import has_synced
+from laperm_jax._transform import LaPermState
+from laperm_jax._transform import SyncChanges
+from laperm_jax._transform import laperm
 
 __version__ = '0.1.0'
 
 __all__ = (
     'LaPermState',
+    'PoolLeaf',
+    'SyncChanges',
     'check_state',
     'default_mask',
+    'default_vector_axes',
+    'exact_params',
+    'has_synced',
     'is_permutation_of_pool',
     'laperm',
     'reconnect',

@@ -54,7 +54,8 @@ def run(params, tx):
 
 
 def spec_of(x):
-  return None if isinstance(x, optax.MaskedNode) else str(x.sharding.spec)
+  return (None if isinstance(x, optax.MaskedNode) else
+          str(x.values.sharding.spec))
 
 
 def mesh_check(axis_type, specs, reference):
@@ -67,7 +68,8 @@ def mesh_check(axis_type, specs, reference):
   eager = laperm_jax.reconnect(out, eager_pool)
   return {
       'equal': all(np.array_equal(out[k], reference[0][k]) for k in out),
-      'pool_equal': all(np.array_equal(state.pool[k], reference[1].pool[k])
+      'pool_equal': all(np.array_equal(state.pool[k].values,
+                                    reference[1].pool[k].values)
                         for k in ('dense', 'conv')),
       'param_specs': {k: str(v.sharding.spec) for k, v in out.items()},
       'pool_specs': {k: spec_of(v) for k, v in state.pool.items()
@@ -148,7 +150,8 @@ def nnx_check():
     for _ in range(STEPS):
       step(model, optimizer, x)
     state = optimizer.opt_state
-    pool = state.pool['dense']['kernel']
+    pool_leaf = state.pool['dense']['kernel']  # a PoolLeaf
+    pool = pool_leaf.values  # the OptVariable
     mu = state.inner_state[0].mu['dense']['kernel']
     kernel = model.dense.kernel
     return {
@@ -158,10 +161,11 @@ def nnx_check():
         'pool_spec': str(jax.typeof(pool[...]).sharding.spec),
         'kernel_spec': str(jax.typeof(kernel[...]).sharding.spec),
         'partition_spec': str(nnx.get_partition_spec(nnx.state(
-            optimizer)).opt_state.pool['dense']['kernel'].get_value()),
+            optimizer)).opt_state.pool['dense']['kernel']['values'].get_value()),
         'synced': int(state.steps_since_sync[...]) == 0,
         'gap_to_pool': float(jnp.max(jnp.abs(laperm_jax.reconnect(
-            {'k': kernel[...]}, {'k': pool[...]})['k'] - kernel[...]))),
+            {'k': kernel[...]}, {'k': laperm_jax.PoolLeaf(
+                pool[...], pool_leaf.vector_axes)})['k'] - kernel[...]))),
     }
 
 

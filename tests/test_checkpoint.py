@@ -97,7 +97,7 @@ def test_check_state_rejects_dicts_and_bad_counters(saved):
   bad = mid_state._replace(steps_since_sync=jnp.int32(99))
   with pytest.raises(ValueError, match='steps_since_sync'):
     laperm_jax.check_state(tx, bad, mid_params)
-  with pytest.raises(ValueError, match='outermost'):
+  with pytest.raises(ValueError, match='holds no LaPermState'):
     laperm_jax.check_state(optax.adam(1e-3), mid_state, mid_params)
 
 

@@ -220,10 +220,11 @@ def test_zero_size_leaves(shape):
   params = {'empty': jnp.zeros(shape), 'w': KERNEL}
   tx = laperm(optax.adam(0.1), 2, mask=True)
   out, state, _ = steps(tx, params, 4)
-  assert out['empty'].shape == shape and state.pool['empty'].shape == shape
+  assert out['empty'].shape == shape and state.pool['empty'].values.shape == shape
   np.testing.assert_array_equal(
       laperm_jax.reconnect(out, state.pool)['w'],
-      reference.reconnect(np.asarray(out['w']), np.asarray(state.pool['w'])))
+      reference.reconnect(np.asarray(out['w']),
+                          np.asarray(state.pool['w'].values)))
 
 
 def test_none_leaves_pass_through():
@@ -243,8 +244,8 @@ def test_half_precision_params(dtype):
   out, state, history = steps(tx, params, 4)
   assert jax.tree.map(lambda p: p.dtype, out) == jax.tree.map(
       lambda p: p.dtype, params)
-  assert state.pool['dense']['kernel'].dtype == dtype
-  pool = np.asarray(state.pool['dense']['kernel'], np.float32)
+  assert state.pool['dense']['kernel'].values.dtype == dtype
+  pool = np.asarray(state.pool['dense']['kernel'].values, np.float32)
   np.testing.assert_array_equal(
       pool, reference.pool_of(np.asarray(KERNEL.astype(dtype), np.float32)))
   exact = laperm_jax.reconnect(out, state.pool)['dense']['kernel']

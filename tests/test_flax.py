@@ -86,5 +86,5 @@ def test_nnx_optimizer():
   np.testing.assert_allclose(np.sort(kernel, axis=0),
                              np.sort(initial_kernel, axis=0), rtol=0,
                              atol=1e-6)
-  np.testing.assert_array_equal(state.pool['hidden']['kernel'][...],
+  np.testing.assert_array_equal(state.pool['hidden']['kernel'].values[...],
                                 np.sort(initial_kernel, axis=0))

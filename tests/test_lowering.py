@@ -16,7 +16,7 @@ import optax
 import pytest
 
 import laperm_jax
-from laperm_jax import ranking
+from laperm_jax import _ranking as ranking
 
 PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)

@@ -16,8 +16,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from laperm_jax import ranking
-from laperm_jax import sort_keys
+from laperm_jax import _ranking as ranking
+from laperm_jax import _sort_keys as sort_keys
 from tests import reference
 
 VARIANTS = ranking.VARIANTS + ('auto',)

@@ -91,7 +91,8 @@ def test_syncs_land_on_multiples_of_k_and_pool_never_changes():
     if step % 4:
       assert not is_exact_permutation, f'step {step} should not be synced'
     for key in KERNELS:
-      np.testing.assert_array_equal(state.pool[key], pool0[key])
+      np.testing.assert_array_equal(state.pool[key].values,
+                                    pool0[key].values)
     assert isinstance(state.pool['bias'], optax.MaskedNode)
 
 
@@ -200,11 +201,11 @@ def test_eval_shape_and_map_params():
   tx = laperm_jax.laperm(optax.adam(1e-2), 2)
   shapes = jax.eval_shape(tx.init, params)
   assert isinstance(shapes, laperm_jax.LaPermState)
-  assert shapes.pool['conv'].shape == (2, 2, 3, 4)
+  assert shapes.pool['conv'].values.shape == (2, 2, 3, 4)
   state = tx.init(params)
   doubled = optax.tree.map_params(tx.init, lambda p: p * 2, state)
-  np.testing.assert_array_equal(doubled.pool['dense'],
-                                2 * np.asarray(state.pool['dense']))
+  np.testing.assert_array_equal(doubled.pool['dense'].values,
+                                2 * np.asarray(state.pool['dense'].values))
 
 
 def test_non_sync_steps_do_not_sort():
@@ -223,7 +224,7 @@ def test_vector_axes_for_out_in_layout():
   w = rng.normal(size=(3, 6)).astype(np.float32)  # Equinox Linear: (out, in)
   params = {'w': jnp.asarray(w)}
   pool = laperm_jax.sorted_pool(params, vector_axes=-1)
-  np.testing.assert_array_equal(pool['w'], np.sort(w, axis=1))
+  np.testing.assert_array_equal(pool['w'].values, np.sort(w, axis=1))
   current = rng.normal(size=w.shape).astype(np.float32)
   got = laperm_jax.reconnect({'w': jnp.asarray(current)}, pool,
                              vector_axes=-1)
@@ -255,7 +256,7 @@ def test_permutation_check_is_exact_for_subnormals_and_nan():
   w = jnp.array([[1e-40], [0.0], [-1e-41], [jnp.nan]])
   pool = laperm_jax.sorted_pool({'w': w})
   np.testing.assert_array_equal(
-      pool['w'].ravel(), np.array([-1e-41, 0.0, 1e-40, np.nan], np.float32))
+      pool['w'].values.ravel(), np.array([-1e-41, 0.0, 1e-40, np.nan], np.float32))
   assert bool(laperm_jax.is_permutation_of_pool({'w': w[::-1]}, pool)['w'])
   flushed = jnp.array([[0.0], [0.0], [-1e-41], [jnp.nan]])
   assert not bool(laperm_jax.is_permutation_of_pool({'w': flushed}, pool)['w'])

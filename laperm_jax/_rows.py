@@ -1,34 +1,20 @@
-"""Sharded leaves: lay out what a sort needs, then put it back.
+"""A leaf as rows of weight vectors, and back; sharded leaves included.
 
-A sync sorts along the vector axes of a leaf. When every weight vector lives
-on one device (a kernel sharded over its output axis, the usual tensor-parallel
-layout), the sort is local and needs no communication: nothing here changes
-the layout, and the compiled sync contains no collective.
-
-When a vector axis is sharded (fan-in / FSDP sharding, or a 2-D mesh that
-shards both axes), the vectors are split across devices. Under an
-``AxisType.Explicit`` mesh (the default of ``jax.make_mesh``) sorting along a
-sharded axis is a type error, so the library reshards the leaf first: the
-mesh axes on its vector axes are moved to its first non-vector (batch) axis
-where that axis divides evenly (an all-to-all), and dropped otherwise (an
-all-gather); the sort runs locally, and the result is resharded back to the
-leaf's own sharding. The same layout is used for the pool leaf it is paired
-with, so the pool keeps its param's sharding too.
-
-Under ``AxisType.Auto`` meshes the sharding is not part of the type inside
-``jit``; the compiler (GSPMD / Shardy) partitions the sort kernel and inserts
-the collectives it needs by itself: results are the same, but even an
-output-axis-sharded kernel may be gathered for a scatter-based kernel (the
-co-sort variants of :mod:`laperm_jax.ranking` stay local). For concrete (not
-traced) arrays the result is put back on the input's sharding. Arrays that
-are not sharded are returned unchanged. Prefer Explicit meshes: there the
-no-collective sync of output-axis-sharded kernels is guaranteed.
+A leaf is transposed so that its vector axes come last (in the order given)
+and reshaped to ``(num_vectors, vector_length)``; :func:`from_rows` undoes
+that exactly. When a vector axis is sharded over ``Explicit`` mesh axes, the
+leaf is first resharded so that every vector lives on one device (those mesh
+axes move to the first non-vector axis where it divides evenly, else they are
+gathered), sorted there under ``shard_map``, and put back on its own
+sharding. Leaves sharded over their output axis sort in place, with no
+collective. Under ``Auto`` meshes the compiler places the sort.
 """
 
 from collections.abc import Callable, Sequence
 import math
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import AxisType
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -80,11 +66,6 @@ def sort_sharding(x: jax.Array, axes: Sequence[int]) -> NamedSharding | None:
     The new sharding, or None when ``x``'s layout already is that one (an
     output-axis-sharded kernel, an unsharded leaf, an Auto mesh).
 
-  Example:
-    >>> import jax, jax.numpy as jnp
-    >>> from laperm_jax.sharding import sort_sharding
-    >>> print(sort_sharding(jnp.zeros((4, 2)), (0,)))  # unsharded: no change
-    None
   """
   sharding = _named_sharding(x)
   if sharding is None:
@@ -169,3 +150,47 @@ def restore_layout(result: jax.Array, like: jax.Array,
       getattr(result, 'sharding', None) != sharding):
     return jax.device_put(result, sharding)
   return result
+
+
+
+def _transpose_order(ndim: int, axes: tuple[int, ...]) -> list[int]:
+  batch = [a for a in range(ndim) if a not in axes]
+  return batch + list(axes)
+
+
+def to_rows(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  """Reshapes ``x`` to ``(num_vectors, vector_length)``; ``axes`` form a row."""
+  order = _transpose_order(x.ndim, axes)
+  vector_length = math.prod(x.shape[a] for a in axes)
+  num_vectors = math.prod(x.shape[a] for a in order[:x.ndim - len(axes)])
+  return jnp.transpose(x, order).reshape(num_vectors, vector_length)
+
+
+def from_rows(rows: jax.Array, axes: tuple[int, ...], shape) -> jax.Array:
+  """Inverse of ``to_rows``: rows back to an array of ``shape``."""
+  shape = tuple(shape)
+  order = _transpose_order(len(shape), axes)
+  transposed = rows.reshape(tuple(shape[a] for a in order))
+  inverse = [0] * len(order)
+  for position, axis in enumerate(order):
+    inverse[axis] = position
+  return jnp.transpose(transposed, inverse)
+
+
+def on_rows(fn: Callable[..., jax.Array], leaf, axes: tuple[int, ...],
+            *others, rows_out: bool = True) -> jax.Array:
+  """Applies ``fn`` to the rows of ``leaf`` (and of ``others``, same shape).
+
+  The one place where leaves meet the row kernels: a sharded leaf is laid out
+  so that no vector axis is sharded, and a leaf-shaped result (``rows_out``)
+  is put back on ``leaf``'s shape and sharding; otherwise ``fn``'s output is
+  returned as it is.
+  """
+  leaf = jnp.asarray(leaf)
+  target = sort_sharding(leaf, axes)
+  rows = [to_rows(to_sort_layout(jnp.asarray(x), target), axes)
+          for x in (leaf, *others)]
+  out = map_rows(fn, *rows)
+  if not rows_out:
+    return out
+  return restore_layout(from_rows(out, axes, jnp.shape(leaf)), leaf, target)

@@ -1,20 +1,15 @@
 """Sparse and shared-value initialisations, applied before the pool is built.
 
-Both draw an independent Bernoulli keep mask per selected leaf (a per-leaf key
-is folded from ``key`` and the leaf's position in the tree), so the zeros they
-create become part of LaPerm's pool and move with training: connectivity
-changes.
+Each selected leaf gets an independent Bernoulli keep mask (its key folded
+from ``key`` and the leaf's position in the tree).
 """
-
-from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
-from laperm_jax import masks
-from laperm_jax import reconnection
-
-PyTree = Any
+from laperm_jax import _layouts
+from laperm_jax import _pool
 
 
 def _check_density(density, name) -> None:
@@ -24,9 +19,9 @@ def _check_density(density, name) -> None:
     raise ValueError(f'{name}: density must be in [0, 1], got {density}.')
 
 
-def _map_selected(key, params, density, mask, make_leaf) -> PyTree:
-  flags = masks.resolve_mask(mask, params)
-  densities = masks.broadcast_prefix(density, params, 'density')
+def _map_selected(key, params, density, mask, make_leaf) -> optax.Params:
+  flags = _layouts.resolve_mask(mask, params)
+  densities = _layouts.broadcast_prefix(density, params, 'density')
   leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(params)
   new_leaves = []
   for index, ((path, leaf), selected, leaf_density) in enumerate(
@@ -34,8 +29,8 @@ def _map_selected(key, params, density, mask, make_leaf) -> PyTree:
     if not selected:
       new_leaves.append(leaf)
       continue
-    name = masks.leaf_name(path)
-    reconnection.check_reconnectable(leaf, name)
+    name = _layouts.leaf_name(path)
+    _pool.check_reconnectable(leaf, name)
     _check_density(leaf_density, name)
     keep = jax.random.bernoulli(jax.random.fold_in(key, index), leaf_density,
                                 jnp.shape(leaf))
@@ -43,8 +38,8 @@ def _map_selected(key, params, density, mask, make_leaf) -> PyTree:
   return jax.tree.unflatten(treedef, new_leaves)
 
 
-def sparse_init(key: jax.Array, params: PyTree, density, *, mask=None
-                ) -> PyTree:
+def sparse_init(key: jax.Array, params: optax.Params, density, *, mask=None
+                ) -> optax.Params:
   """Random sparse initialisation: zero each selected weight w.p. 1 - density.
 
   Args:
@@ -72,8 +67,9 @@ def sparse_init(key: jax.Array, params: PyTree, density, *, mask=None
                            leaf.dtype))
 
 
-def shared_value_init(key: jax.Array, params: PyTree, value: float, density,
-                      *, mask=None) -> PyTree:
+def shared_value_init(key: jax.Array, params: optax.Params, value: float,
+                      density,
+                      *, mask=None) -> optax.Params:
   """Weight-agnostic initialisation: selected weights in {0, value}.
 
   Args:

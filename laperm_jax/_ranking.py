@@ -1,19 +1,8 @@
 """Array-level reconnection of rows: the one place where LaPerm sorts.
 
-Everything here works on 2-D arrays of shape ``(num_vectors, vector_length)``:
-one weight vector per row. Tree plumbing and axis handling live elsewhere
-(``vectors.py``, ``reconnection.py``), so that the sort itself can be studied,
-benchmarked and replaced in isolation.
-
-Ordering semantics (shared by every variant and by the NumPy reference in
-the tests):
-
-* ascending order, ``-0.0`` and ``+0.0`` compare equal;
-* NaNs (of either sign) rank after ``+inf``, all NaNs equal;
-* ties are broken by position within the row (a stable sort).
-
-This is NumPy's stable argsort, and the order ``jnp.argsort(...,
-stable=True)`` documents (but see the subnormal caveat below).
+Everything here works on 2-D arrays ``(num_vectors, vector_length)``, one
+weight vector per row, with the ordering of the README (ascending, ``-0.0 ==
++0.0``, NaNs last, ties by position).
 
 Variants. A reconnect is an exact stable argsort of each row (the *order*)
 followed by placing the sorted pool in that order. Every variant returns the
@@ -22,7 +11,7 @@ same bits; they differ in how XLA is asked to do it:
 * ``'packed'``: one single-operand sort of ``key << p | position`` packed in a
   uint32 (16-bit floats, rows up to 65536) or a uint64 (traced under
   ``jax.enable_x64(True)``; nothing 64-bit leaves the function), then a
-  scatter ``new[i, order[i]] = pool[i]``. See :mod:`laperm_jax.sort_keys`.
+  scatter ``new[i, order[i]] = pool[i]``. See :mod:`laperm_jax._sort_keys`.
 * ``'packed_cosort'``: the same order, then a second packed single-operand
   sort of ``order << w | pool_bits`` instead of the scatter (sorting by the
   order puts each pool value where it belongs).
@@ -64,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from laperm_jax import sort_keys
+from laperm_jax import _sort_keys as sort_keys
 
 ENV_VARIABLE = 'LAPERM_JAX_RECONNECT_VARIANT'
 
@@ -165,7 +154,7 @@ def forced_variant(variant: str | None = None) -> str | None:
   """The variant forced by ``variant`` or the environment, else None (auto).
 
   Example:
-    >>> from laperm_jax.ranking import forced_variant
+    >>> from laperm_jax._ranking import forced_variant
     >>> forced_variant('keyed')
     'keyed'
   """
@@ -222,7 +211,7 @@ def block_rows(num_vectors: int, vector_length: int,
   divisor lies within a factor of 4 below ``block_elements // length``.
 
   Example:
-    >>> from laperm_jax.ranking import block_rows
+    >>> from laperm_jax._ranking import block_rows
     >>> block_rows(4096, 4096, 2**18), block_rows(300, 784, 2**18)
     (64, 300)
   """
@@ -279,7 +268,7 @@ def stable_argsort_rows(rows: jax.Array, *, variant: str | None = None
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from laperm_jax.ranking import stable_argsort_rows
+    >>> from laperm_jax._ranking import stable_argsort_rows
     >>> stable_argsort_rows(jnp.array([[0., jnp.nan, -1., -0.]]))
     Array([[2, 0, 3, 1]], dtype=int32)
   """
@@ -302,7 +291,7 @@ def sort_rows(rows: jax.Array, *, variant: str | None = None) -> jax.Array:
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from laperm_jax.ranking import sort_rows
+    >>> from laperm_jax._ranking import sort_rows
     >>> sort_rows(jnp.array([[3., 1., 2.]]))
     Array([[1., 2., 3.]], dtype=float32)
   """
@@ -332,7 +321,7 @@ def reconnect_rows(current: jax.Array, sorted_pool: jax.Array, *,
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from laperm_jax.ranking import reconnect_rows
+    >>> from laperm_jax._ranking import reconnect_rows
     >>> reconnect_rows(jnp.array([[0.3, -2.0, 0.1]]),
     ...                jnp.array([[10., 20., 30.]]))
     Array([[30., 10., 20.]], dtype=float32)

@@ -20,7 +20,7 @@ domain (a float compare could treat subnormals as zero on a machine that
 flushes denormals): ``-0.0`` becomes ``+0.0``, so both zeros get the same key
 and tie; every NaN, of either sign and any payload, gets the all-ones key,
 above ``+inf`` (whose key is ``0b1_11..1_00..0``). The result is the ordering
-of :mod:`laperm_jax.ranking`: ascending, ``-0.0 == +0.0``, NaNs last and
+of :mod:`laperm_jax._ranking`: ascending, ``-0.0 == +0.0``, NaNs last and
 equal. Subnormals need nothing: they are ordinary small mantissas.
 
 Packing. A stable argsort of one row is the sort of the pairs
@@ -43,7 +43,7 @@ def key_bits(dtype) -> int:
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from laperm_jax.sort_keys import key_bits
+    >>> from laperm_jax._sort_keys import key_bits
     >>> key_bits(jnp.bfloat16), key_bits(jnp.float32)
     (16, 32)
   """
@@ -59,7 +59,7 @@ def position_bits(length: int) -> int:
   """Bits needed to hold every position ``0 .. length - 1`` (at least 1).
 
   Example:
-    >>> from laperm_jax.sort_keys import position_bits
+    >>> from laperm_jax._sort_keys import position_bits
     >>> position_bits(784), position_bits(1024), position_bits(1025)
     (10, 10, 11)
   """
@@ -70,7 +70,7 @@ def total_order_key(x: jax.Array) -> jax.Array:
   """Maps floats to unsigned integers of the same width, preserving order.
 
   ``key(a) < key(b)`` exactly when ``a`` ranks before ``b`` in the ordering
-  of :mod:`laperm_jax.ranking`, and ``key(a) == key(b)`` exactly when they
+  of :mod:`laperm_jax._ranking`, and ``key(a) == key(b)`` exactly when they
   tie (``-0.0`` and ``+0.0``; any two NaNs).
 
   Args:
@@ -81,7 +81,7 @@ def total_order_key(x: jax.Array) -> jax.Array:
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from laperm_jax.sort_keys import total_order_key
+    >>> from laperm_jax._sort_keys import total_order_key
     >>> k = total_order_key(jnp.array([-1., -0., 0., 1., jnp.inf, -jnp.nan]))
     >>> [hex(int(v)) for v in k]
     ['0x407fffff', '0x80000000', '0x80000000', '0xbf800000', '0xff800000', '0xffffffff']
@@ -109,7 +109,7 @@ def packed_width(dtype, length: int) -> int | None:
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from laperm_jax.sort_keys import packed_width
+    >>> from laperm_jax._sort_keys import packed_width
     >>> packed_width(jnp.bfloat16, 784), packed_width(jnp.float32, 784)
     (32, 64)
   """
@@ -130,7 +130,7 @@ def pack_with_positions(high: jax.Array, width: int) -> jax.Array:
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from laperm_jax.sort_keys import pack_with_positions
+    >>> from laperm_jax._sort_keys import pack_with_positions
     >>> pack_with_positions(jnp.array([[3, 1]], jnp.uint16), 32)
     Array([[6, 3]], dtype=uint32)
   """
@@ -145,7 +145,7 @@ def low_positions(packed: jax.Array) -> jax.Array:
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from laperm_jax.sort_keys import low_positions
+    >>> from laperm_jax._sort_keys import low_positions
     >>> low_positions(jnp.array([[3, 6]], jnp.uint32))
     Array([[1, 0]], dtype=int32)
   """

@@ -1,0 +1,303 @@
+"""LaPerm as an Optax gradient transformation (semantics: README.md)."""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from laperm_jax import _pool
+
+SyncPeriod = int | jax.Array | Callable[[jax.Array], jax.Array | int]
+
+
+class SyncChanges(NamedTuple):
+  """What the last sync changed (``laperm(..., track_changes=True)``).
+
+  Attributes:
+    previous: the exact weights after the last sync (at init: the initial
+      weights), ``optax.MaskedNode()`` for leaves without pool: one more copy
+      of the reconnected params.
+    changed_fraction: float32 scalar, the fraction of reconnected weights
+      whose value the last sync changed (0 before the first sync). 0 at a
+      sync means that it moved nothing: ``k`` (times the learning rate) is
+      too small for any weight to overtake another.
+    created: int32 scalar, reconnected weights that were 0 and are not.
+    removed: int32 scalar, reconnected weights that were not 0 and are.
+  """
+  previous: optax.Params
+  changed_fraction: jax.Array
+  created: jax.Array
+  removed: jax.Array
+
+
+class LaPermState(NamedTuple):
+  """State of :func:`laperm`.
+
+  Attributes:
+    count: int32 scalar, the number of update calls so far.
+    steps_since_sync: int32 scalar, update calls since the last sync (0 right
+      after a sync); always below the current sync period.
+    inner_state: the inner optimizer's state, never reset or permuted at a sync
+      unless ``reset_inner_state=True``.
+    pool: per reconnected leaf a :class:`PoolLeaf` (its initial values sorted
+      within each weight vector, and the vector axes);
+      ``optax.MaskedNode()`` for leaves that are not reconnected.
+    changes: a :class:`SyncChanges` with ``track_changes=True``, else
+      ``optax.EmptyState()``.
+  """
+  count: jax.Array
+  steps_since_sync: jax.Array
+  inner_state: optax.OptState
+  pool: optax.Params
+  changes: SyncChanges | optax.EmptyState = optax.EmptyState()
+
+
+def _validate_sync_period(sync_period) -> None:
+  """Checks a concrete sync period; tracers and schedules pass unchecked."""
+  if callable(sync_period) or isinstance(sync_period, jax.core.Tracer):
+    return
+  if isinstance(sync_period, (bool, np.bool_)):
+    raise TypeError(f'sync_period must be a positive int, got {sync_period!r}.')
+  if isinstance(sync_period, (np.ndarray, jax.Array)):
+    if sync_period.shape != () or not jnp.issubdtype(sync_period.dtype,
+                                                     jnp.integer):
+      raise TypeError('sync_period must be a positive int or an integer '
+                      f'scalar array, got {sync_period!r}.')
+    sync_period = int(sync_period)
+  elif not isinstance(sync_period, (int, np.integer)):
+    raise TypeError(
+        'sync_period must be a positive int or a schedule (a callable of the '
+        f'int32 step count), got {sync_period!r}.')
+  if sync_period <= 0:
+    raise ValueError(f'sync_period must be positive, got {sync_period}.')
+
+
+def _period_at(sync_period: SyncPeriod, count: jax.Array) -> jax.Array:
+  if callable(sync_period):
+    period = sync_period(count)
+    if not isinstance(period, jax.core.Tracer):
+      try:
+        _validate_sync_period(period)
+      except (TypeError, ValueError) as e:
+        where = ('' if isinstance(count, jax.core.Tracer) else
+                 f' at count {int(count)}')
+        raise type(e)(f'the sync_period schedule returned {period!r}{where}: '
+                      f'{e}') from None
+    return jnp.asarray(period, dtype=jnp.int32)
+  return jnp.asarray(sync_period, dtype=jnp.int32)
+
+
+_SCHEDULE_STATES = (optax.ScaleByScheduleState, optax.InjectHyperparamsState,
+                    optax.InjectStatefulHyperparamsState)
+
+
+def _keep_schedule_counters(fresh: optax.OptState, old: optax.OptState
+                            ) -> optax.OptState:
+  """``fresh`` with the schedule counters (and injected values) of ``old``."""
+  def keep(f, o):
+    if isinstance(f, optax.ScaleByScheduleState):
+      return o
+    if isinstance(f, _SCHEDULE_STATES):  # inject_hyperparams
+      return o._replace(inner_state=_keep_schedule_counters(f.inner_state,
+                                                            o.inner_state))
+    return f
+  return jax.tree.map(keep, fresh, old,
+                      is_leaf=lambda x: isinstance(x, _SCHEDULE_STATES))
+
+
+def _count_changes(pool, previous, reconnected, changes: SyncChanges
+                   ) -> SyncChanges:
+  changed = created = removed = jnp.zeros([], jnp.int32)
+  total = 0
+  for entry, before, after in zip(
+      jax.tree.leaves(pool, is_leaf=_pool.is_pool_entry),
+      jax.tree.leaves(previous, is_leaf=_pool.is_masked),
+      jax.tree.leaves(reconnected, is_leaf=_pool.is_masked)):
+    if _pool.is_masked(entry):
+      continue
+    was_zero, is_zero = before == 0, after == 0
+    changed += jnp.sum(~_pool.same_values(before, after), dtype=jnp.int32)
+    created += jnp.sum(was_zero & ~is_zero, dtype=jnp.int32)
+    removed += jnp.sum(~was_zero & is_zero, dtype=jnp.int32)
+    total += before.size
+  fraction = changed.astype(jnp.float32) / max(total, 1)
+  return SyncChanges(reconnected, fraction, created, removed)
+
+
+def laperm(
+    inner: optax.GradientTransformation,
+    sync_period: SyncPeriod,
+    *,
+    mask=None,
+    vector_axes=None,
+    reset_inner_state: bool = False,
+    track_changes: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+  """LaPerm: an inner optimizer plus a reconnection of weights every k steps.
+
+  Each update call runs the inner optimizer; on sync calls (every ``k``-th)
+  the candidate weights ``params + inner_updates`` are reconnected and the
+  update returned for a reconnected leaf is ``reconnected - params``, in the
+  wider of the param and update dtypes. LaPerm must be the outermost
+  transformation: learning rate, clipping and weight decay go inside
+  ``inner``. The README states the semantics in full.
+
+  Args:
+    inner: the inner optimizer, any optax transformation (e.g.
+      ``optax.adam(1e-3)``); ``params`` and extra arguments are forwarded.
+    sync_period: ``k``, a positive int, or a schedule: a callable of the int32
+      count of previous update calls returning ``k``.
+    mask: which leaves are reconnected, with ``optax.masked`` semantics (True =
+      reconnected; a pytree prefix of params or a callable of params).
+      Default :func:`default_mask`.
+    vector_axes: which axes form one weight vector: an int or a tuple of ints
+      for every reconnected leaf, or a pytree prefix of params with such
+      values (None = the default for that leaf), or a callable of params
+      returning one. Default :func:`default_vector_axes`. A list is never
+      read as axes.
+    reset_inner_state: re-initialise the inner state (at the reconnected
+      params) at each sync, except learning-rate schedule counters
+      (``optax.scale_by_schedule``, ``optax.inject_hyperparams``), which keep
+      counting. Off by default: the paper keeps the state.
+    track_changes: keep :class:`SyncChanges` in the state (one more copy of
+      the reconnected params), computed on sync steps only.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose state is a
+    :class:`LaPermState`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from laperm_jax import laperm
+    >>> params = {'w': jnp.array([[1., 2.], [3., 4.]]), 'b': jnp.zeros(2)}
+    >>> tx = laperm(optax.sgd(1.0), sync_period=2)
+    >>> state = tx.init(params)
+    >>> grads = {'w': jnp.array([[0., -5.], [0., 0.]]), 'b': jnp.ones(2)}
+    >>> for _ in range(2):
+    ...   updates, state = tx.update(grads, state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> params['w']  # column 1 swapped its values; they never change
+    Array([[1., 4.],
+           [3., 2.]], dtype=float32)
+
+  References:
+    Qiu & Suda, `Train-by-Reconnect: Decoupling Locations of Weights from
+    Their Values <https://arxiv.org/abs/2003.02570>`_, NeurIPS 2020.
+  """
+  _validate_sync_period(sync_period)
+  inner = optax.with_extra_args_support(inner)
+
+  def init_fn(params: optax.Params) -> LaPermState:
+    if callable(sync_period):
+      _period_at(sync_period, jnp.zeros([], jnp.int32))
+    pool = _pool.sorted_pool(params, mask, vector_axes)
+    changes = optax.EmptyState()
+    if track_changes:
+      previous = jax.tree.map(
+          lambda entry, p: entry if _pool.is_masked(entry) else jnp.asarray(p),
+          pool, params, is_leaf=_pool.is_pool_entry)
+      zero = jnp.zeros([], jnp.int32)
+      changes = SyncChanges(previous, jnp.zeros([], jnp.float32), zero, zero)
+    return LaPermState(
+        count=jnp.zeros([], jnp.int32),
+        steps_since_sync=jnp.zeros([], jnp.int32),
+        inner_state=inner.init(params),
+        pool=pool,
+        changes=changes,
+    )
+
+  def update_fn(updates: optax.Updates, state: LaPermState,
+                params: optax.Params | None = None, **extra_args
+                ) -> tuple[optax.Updates, LaPermState]:
+    if params is None:
+      raise ValueError(
+          'laperm needs the current params: call '
+          '`tx.update(grads, state, params)`. The sync replaces weights, so '
+          'it must see them.')
+    _pool.check_params(params, state.pool)
+    inner_updates, inner_state = inner.update(
+        updates, state.inner_state, params, **extra_args)
+    period = _period_at(sync_period, state.count)
+    steps_since_sync = state.steps_since_sync + 1
+    is_sync = steps_since_sync >= period
+    treedef = jax.tree.structure(params)
+    entries = [entry for _, _, entry in _pool.zip_with_pool(params,
+                                                            state.pool)]
+
+    def widened(p, u):
+      # The sync update is computed and returned in the wider dtype, so that
+      # apply_updates' `p + u` lands within an ulp of the pool value (an
+      # update rounded to bfloat16 could land thousands of ulps away).
+      return jnp.promote_types(jnp.result_type(p), jnp.result_type(u))
+
+    p_leaves = treedef.flatten_up_to(params)
+    u_leaves = treedef.flatten_up_to(inner_updates)
+    picked = [i for i, entry in enumerate(entries) if entry is not None]
+
+    # Only what a sync changes goes through the cond: the updates of the
+    # reconnected leaves, and the inner state or the change statistics only
+    # when a sync can change them. A value carried through a cond is
+    # materialised in both branches; carrying every update and Adam's two
+    # moments cost param-sized copies on every non-sync step (measured on an
+    # H200, BENCHMARKS.md). The other leaves' updates bypass the cond.
+    def sync(params, picked_updates, pool, inner_state, all_updates,
+             changes):
+      p_leaves = treedef.flatten_up_to(params)
+      by_index = dict(zip(picked, picked_updates))
+      candidate = jax.tree.unflatten(treedef, [
+          jnp.asarray(p + by_index[i]).astype(jnp.result_type(p))
+          if i in by_index else p for i, p in enumerate(p_leaves)])
+      q_leaves = treedef.flatten_up_to(_pool.reconnect(candidate, pool))
+      new_picked = []
+      for i, u in zip(picked, picked_updates):
+        wide = widened(p_leaves[i], u)
+        new_picked.append(jnp.asarray(q_leaves[i]).astype(wide) -
+                          jnp.asarray(p_leaves[i]).astype(wide))
+      if reset_inner_state:
+        new_by_index = dict(zip(picked, new_picked))
+        sync_updates = jax.tree.unflatten(treedef, [
+            new_by_index.get(i, u) for i, u in enumerate(
+                treedef.flatten_up_to(all_updates))])
+        fresh = inner.init(optax.apply_updates(params, sync_updates))
+        inner_state = _keep_schedule_counters(fresh, inner_state)
+      if track_changes:
+        reconnected = jax.tree.unflatten(treedef, [
+            optax.MaskedNode() if entry is None else q
+            for entry, q in zip(entries, q_leaves)])
+        changes = _count_changes(pool, changes.previous, reconnected, changes)
+      return new_picked, inner_state, changes
+
+    def no_sync(params, picked_updates, pool, inner_state, all_updates,
+                changes):
+      del pool, all_updates
+      p_leaves = treedef.flatten_up_to(params)
+      return [jnp.asarray(u).astype(widened(p_leaves[i], u))
+              for i, u in zip(picked, picked_updates)], inner_state, changes
+
+    empty = ()
+    new_picked, cond_inner_state, changes = jax.lax.cond(
+        is_sync, sync, no_sync, params, [u_leaves[i] for i in picked],
+        state.pool, inner_state if reset_inner_state else empty,
+        inner_updates if reset_inner_state else empty,
+        state.changes if track_changes else empty)
+    if reset_inner_state:
+      inner_state = cond_inner_state
+    if not track_changes:
+      changes = state.changes
+    new_by_index = dict(zip(picked, new_picked))
+    new_updates = jax.tree.unflatten(treedef, [
+        new_by_index.get(i, u) for i, u in enumerate(u_leaves)])
+    new_state = LaPermState(
+        count=optax.safe_increment(state.count),
+        steps_since_sync=jnp.where(is_sync, 0, steps_since_sync).astype(
+            jnp.int32),
+        inner_state=inner_state,
+        pool=state.pool,
+        changes=changes,
+    )
+    return new_updates, new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
