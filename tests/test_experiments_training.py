@@ -118,3 +118,14 @@ def test_paper_presets_take_a_few_steps_on_fake_data(preset, tmp_path):
   run = training.run(training.RunConfig(**cfg), fake, progress=False)
   assert run.results['exact_permutation']
   assert np.isfinite(run.results['history'][-1]['test_loss'])
+
+
+def test_time_limit_stops_at_an_evaluation_and_says_where():
+  # A limit of 0 s: the run stops after its first evaluation point, which
+  # for LaPerm is right after a sync, so the final model is still exact.
+  res = training.run(tiny(max_steps=23, eval_every=10, time_limit_s=0.0),
+                     DIGITS, progress=False).results
+  assert [h['step'] for h in res['history']] == [10]
+  assert res['stopped_early']['at_step'] == 10
+  assert res['final_test_accuracy'] == res['history'][-1]['test_accuracy']
+  assert res['exact_permutation'] is True
