@@ -71,9 +71,10 @@ def sorted_pool(params: PyTree, mask=None, vector_axes=None) -> PyTree:
       :func:`laperm_jax.laperm` (default: every axis but the last).
 
   Returns:
-    A pytree with the structure of params: for reconnected leaves an array of
-    the leaf's shape and dtype whose weight vectors are sorted ascending (in
-    the row-major order of the vector axes), ``optax.MaskedNode()`` elsewhere.
+    A pytree with the structure of params, holding for reconnected leaves an
+    array of the leaf's shape and dtype whose weight vectors are sorted
+    ascending (in the row-major order of the vector axes), and
+    ``optax.MaskedNode()`` elsewhere.
 
   Example:
     >>> import jax.numpy as jnp
@@ -212,8 +213,8 @@ def is_permutation_of_pool(params: PyTree, pool: PyTree, *,
     vector_axes: the same ``vector_axes`` the pool was built with.
 
   Returns:
-    A pytree with the pool's structure: a boolean scalar array per leaf with
-    a pool (True when every weight vector, sorted, equals its pool vector
+    A pytree with the pool's structure, holding a boolean scalar array per
+    leaf with a pool (True when every weight vector, sorted, equals its pool vector
     value for value; ``-0.0`` matches ``+0.0`` and NaN matches NaN),
     ``optax.MaskedNode()`` elsewhere. ``all(jax.tree.leaves(result))`` is the
     answer for the whole tree.

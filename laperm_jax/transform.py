@@ -152,14 +152,14 @@ def laperm(
   calls LaPerm once per ``m`` micro-steps, so ``k`` counts accumulated steps.
   ``optax.inject_hyperparams`` works around the inner optimizer, and around
   ``laperm`` itself (``static_args=('inner',)``; ``sync_period`` then arrives
-  as a tracer, see the module docstring).
+  as a tracer, see Semantics in the README or the docs).
 
   Args:
     inner: the inner optimizer, any optax transformation (e.g.
       ``optax.adam(1e-3)``); ``params`` and extra arguments are forwarded.
     sync_period: ``k``, a positive int, or a schedule: a callable of the int32
-      count of previous update calls returning ``k`` (see the module docstring
-      for exactly when it is read).
+      count of previous update calls returning ``k`` (Semantics in the README
+      or the docs says exactly when it is read).
     mask: which leaves are reconnected, with ``optax.masked`` semantics (True =
       reconnected; a pytree prefix of params or a callable of params).
       Default :func:`laperm_jax.default_mask`: floating leaves of rank >= 2.
