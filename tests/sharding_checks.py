@@ -88,7 +88,7 @@ def mesh_check(axis_type, specs, reference):
 def checkpoint_check(directory):
   """Orbax save and restore of a sharded state, against sharded targets."""
   import orbax.checkpoint as ocp
-  mesh = jax.make_mesh((4, 2), ('x', 'y'))
+  mesh = jax.make_mesh((4, 2), ('x', 'y'), axis_types=(AxisType.Explicit,) * 2)
   specs = {'dense': P('x', 'y'), 'conv': P(None, None, None, 'x'),
            'bias': P('y')}
   shardings = {k: NamedSharding(mesh, v) for k, v in specs.items()}
@@ -123,7 +123,7 @@ def checkpoint_check(directory):
 
 def nnx_check():
   from flax import nnx
-  mesh = jax.make_mesh((4, 2), ('x', 'y'))
+  mesh = jax.make_mesh((4, 2), ('x', 'y'), axis_types=(AxisType.Explicit,) * 2)
   init = nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, 'x'))
 
   class Model(nnx.Module):
