@@ -121,6 +121,12 @@ def checkpoint_check(directory):
   }
 
 
+def nnx_sharding(variable):
+  """A Variable's sharding annotation (older Flax, e.g. 0.12.1, names it sharding_names)."""
+  metadata = variable.get_metadata()
+  return metadata.get('out_sharding', metadata.get('sharding_names'))
+
+
 def nnx_check():
   from flax import nnx
   mesh = jax.make_mesh((4, 2), ('x', 'y'), axis_types=(AxisType.Explicit,) * 2)
@@ -152,9 +158,9 @@ def nnx_check():
     mu = state.inner_state[0].mu['dense']['kernel']
     kernel = model.dense.kernel
     return {
-        'pool_metadata': str(pool.get_metadata().get('out_sharding')),
-        'mu_metadata': str(mu.get_metadata().get('out_sharding')),
-        'kernel_metadata': str(kernel.get_metadata().get('out_sharding')),
+        'pool_metadata': str(nnx_sharding(pool)),
+        'mu_metadata': str(nnx_sharding(mu)),
+        'kernel_metadata': str(nnx_sharding(kernel)),
         'pool_spec': str(jax.typeof(pool[...]).sharding.spec),
         'kernel_spec': str(jax.typeof(kernel[...]).sharding.spec),
         'partition_spec': str(nnx.get_partition_spec(nnx.state(
