@@ -10,7 +10,8 @@ slice or on fake CPU devices::
   XLA_FLAGS=--xla_force_host_platform_device_count=8 \\
       python examples/sharded_training.py --model 2 --steps 40
 
-The mesh is ``AxisType.Explicit`` (the default of ``jax.make_mesh``): the
+The mesh is ``AxisType.Explicit`` (the default of ``jax.make_mesh`` from JAX
+0.9; passed explicitly so that older JAX builds the same mesh): the
 shardings are part of the array types, ``jit`` keeps params, the pool and the
 Adam moments on their param's sharding, and sharding errors show at trace
 time. The gradient all-reduce over ``data`` sums in a different order than a
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import AxisType
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -99,7 +101,7 @@ def main(argv=None) -> dict:
   if num_devices % args.model:
     parser.error(f'--model {args.model} must divide {num_devices} devices')
   mesh = jax.make_mesh((num_devices // args.model, args.model),
-                       ('data', 'model'))
+                       ('data', 'model'), axis_types=(AxisType.Explicit,) * 2)
   sizes = (32, 64, 64, 8 * args.model)
 
   key_params, key_data = jax.random.split(jax.random.key(0))

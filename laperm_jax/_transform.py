@@ -47,6 +47,17 @@ class LaPermState(NamedTuple):
       ``optax.MaskedNode()`` for leaves that are not reconnected.
     changes: a :class:`SyncChanges` with ``track_changes=True``, else
       ``optax.EmptyState()``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from laperm_jax import laperm
+    >>> params = {'w': jnp.array([[3., 0.], [1., 2.]]), 'b': jnp.zeros(2)}
+    >>> state = laperm(optax.sgd(0.1), sync_period=5).init(params)
+    >>> int(state.count), int(state.steps_since_sync)
+    (0, 0)
+    >>> state.pool['w'].values  # each column sorted; 'b' has no pool
+    Array([[1., 0.],
+           [3., 2.]], dtype=float32)
   """
   count: jax.Array
   steps_since_sync: jax.Array

@@ -90,7 +90,7 @@ def mesh_check(axis_type, specs, reference):
 def checkpoint_check(directory):
   """Orbax save and restore of a sharded state, against sharded targets."""
   import orbax.checkpoint as ocp
-  mesh = jax.make_mesh((4, 2), ('x', 'y'))
+  mesh = jax.make_mesh((4, 2), ('x', 'y'), axis_types=(AxisType.Explicit,) * 2)
   specs = {'dense': P('x', 'y'), 'conv': P(None, None, None, 'x'),
            'bias': P('y')}
   shardings = {k: NamedSharding(mesh, v) for k, v in specs.items()}
@@ -123,9 +123,15 @@ def checkpoint_check(directory):
   }
 
 
+def nnx_sharding(variable):
+  """A Variable's sharding annotation (older Flax, e.g. 0.12.1, names it sharding_names)."""
+  metadata = variable.get_metadata()
+  return metadata.get('out_sharding', metadata.get('sharding_names'))
+
+
 def nnx_check():
   from flax import nnx
-  mesh = jax.make_mesh((4, 2), ('x', 'y'))
+  mesh = jax.make_mesh((4, 2), ('x', 'y'), axis_types=(AxisType.Explicit,) * 2)
   init = nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, 'x'))
 
   class Model(nnx.Module):
@@ -155,9 +161,9 @@ def nnx_check():
     mu = state.inner_state[0].mu['dense']['kernel']
     kernel = model.dense.kernel
     return {
-        'pool_metadata': str(pool.get_metadata().get('out_sharding')),
-        'mu_metadata': str(mu.get_metadata().get('out_sharding')),
-        'kernel_metadata': str(kernel.get_metadata().get('out_sharding')),
+        'pool_metadata': str(nnx_sharding(pool)),
+        'mu_metadata': str(nnx_sharding(mu)),
+        'kernel_metadata': str(nnx_sharding(kernel)),
         'pool_spec': str(jax.typeof(pool[...]).sharding.spec),
         'kernel_spec': str(jax.typeof(kernel[...]).sharding.spec),
         'partition_spec': str(nnx.get_partition_spec(nnx.state(

@@ -23,3 +23,12 @@ def test_readme_commands_match_ci():
   test_command = [line for line in README.read_text().splitlines()
                   if 'pip install -e ".[test,experiments]"' in line]
   assert test_command and test_command[0].strip() in ci
+
+
+def test_readme_docs_command_matches_ci():
+  ci = (README.parent / '.ci' / 'run').read_text()
+  docs_command = [line for line in README.read_text().splitlines()
+                  if 'pip install -e ".[docs]"' in line]
+  assert docs_command
+  command = docs_command[0].split('. .venv/bin/activate && ', 1)[1]
+  assert command in ci

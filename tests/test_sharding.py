@@ -29,7 +29,8 @@ def results():
   lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULTS ')]
   assert proc.returncode == 0 and lines, (proc.stdout[-3000:] +
                                          proc.stderr[-5000:])
-  return json.loads(lines[-1][len('RESULTS '):])
+  # Older JAX prints a spec as PartitionSpec(...), newer as P(...).
+  return json.loads(lines[-1][len('RESULTS '):].replace('PartitionSpec(', 'P('))
 
 
 def _keeps_sharding(check):
