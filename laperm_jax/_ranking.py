@@ -103,10 +103,20 @@ def _order_float_compare(rows: jax.Array) -> jax.Array:
 
 
 # ------------------------------------------------------------ placements --
+# The row of every scattered value is a batching dimension of the scatter,
+# not an index: no row-index array is built, and a partitioner sees that
+# rows are independent (a kernel sharded by rows scatters locally).
+_SCATTER_ROWS = jax.lax.ScatterDimensionNumbers(
+    update_window_dims=(), inserted_window_dims=(1,),
+    scatter_dims_to_operand_dims=(1,), operand_batching_dims=(0,),
+    scatter_indices_batching_dims=(0,))
+
+
 def _place_scatter(order: jax.Array, sorted_pool: jax.Array) -> jax.Array:
-  row_index = jax.lax.broadcasted_iota(jnp.int32, order.shape, 0)
-  return jnp.zeros_like(sorted_pool).at[row_index, order].set(
-      sorted_pool, unique_indices=True)
+  return jax.lax.scatter(
+      jnp.zeros_like(sorted_pool), order[..., None], sorted_pool,
+      _SCATTER_ROWS, indices_are_sorted=False, unique_indices=True,
+      mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
 
 
 def _place_cosort_packed(order: jax.Array, sorted_pool: jax.Array
