@@ -12,6 +12,8 @@ timed side by side, in turns, with:
   choice);
 * ``laperm_jax.reconnect``: the public tree-level call on the kernels in their
   own layout, so including the transposes to rows and back;
+* ``laperm_jax.reconnect before issue 13`` (CPU only): the same call as it
+  was implemented before issue 13 (:mod:`benchmarks.previous`);
 * ``packed, non-minor axis``: the packed sort run along the kernel's leading
   (non-minor) axis, with no transpose to rows;
 * ``jnp.argsort float + scatter``: the formulation before this work;
@@ -39,6 +41,7 @@ from laperm_jax import _sort_keys as sort_keys
 from laperm_jax import _layouts
 from laperm_jax import _rows
 from benchmarks import kernels
+from benchmarks import previous
 from benchmarks import timing
 
 try:  # optional
@@ -61,6 +64,8 @@ def rows_of(leaves):
   return [_rows.to_rows(x, _layouts.normalize_vector_axes(None, x.ndim))
           for x in leaves]
 
+
+BEFORE = 'laperm_jax.reconnect before issue 13 (kernel layout)'
 
 # ------------------------------------------------------------ contenders --
 def floor(rows):
@@ -147,6 +152,8 @@ def contenders_for(shapes, check: bool = True):
         (rows, pool_rows))
   jitted['laperm_jax.reconnect (kernel layout)'] = (
       jax.jit(lambda c, p: laperm_jax.reconnect(c, p)), (current, pool))
+  if jax.default_backend() == 'cpu':
+    jitted[BEFORE] = (jax.jit(previous.reconnect), (current, pool))
   jitted['packed, non-minor axis (kernel layout)'] = (
       jax.jit(packed_non_minor), (current, pool))
   jitted['jnp.argsort float + scatter'] = (
@@ -209,6 +216,8 @@ def targets(stats) -> str:
            f'  auto / floor = {both(auto, floor_name)}; target <= 1.3',
            '  laperm_jax.reconnect (kernel layout, with transposes) / floor = '
            f'{both("laperm_jax.reconnect (kernel layout)", floor_name)}',
+           *([f'  before issue 13 (kernel layout) / floor = '
+              f'{both(BEFORE, floor_name)}'] if BEFORE in stats else []),
            f'  original JAX / auto = '
            f'{both("original formulation (JAX)", auto)}; target >= 4']
   if 'original formulation (TF)' in stats:

@@ -106,20 +106,37 @@ def make_step(apply, tx):
   return step
 
 
+def materialized(inner: optax.GradientTransformation
+                 ) -> optax.GradientTransformation:
+  """``inner`` whose updates are materialised before ``apply_updates``.
+
+  An optimisation barrier keeps XLA from fusing the update into the add of
+  ``apply_updates``: the update is written and read back, which is what a
+  ``lax.cond`` returning updates costs (a conditional's outputs are
+  buffers). Timed next to plain and LaPerm non-sync steps, it measures how
+  much of the non-sync overhead is that materialisation.
+  """
+  def update_fn(updates, state, params=None):
+    updates, state = inner.update(updates, state, params)
+    return jax.lax.optimization_barrier(updates), state
+  return optax.GradientTransformation(inner.init, update_fn)
+
+
 def optimizers():
   adam = optax.adam(1e-3, eps=1e-7)
   return {
       'plain': adam,
+      'plain, updates materialised': materialized(adam),
       'laperm non-sync': laperm_jax.laperm(adam, sync_period=2**30),
       'laperm sync': laperm_jax.laperm(adam, sync_period=1),
   }
 
 
 class Runner:
-  """Carries donated params and state from call to call."""
+  """Carries params and state (donated unless ``donate=False``) along."""
 
-  def __init__(self, step, params, opt_state, x, y):
-    self.step = jax.jit(step, donate_argnums=(0, 1))
+  def __init__(self, step, params, opt_state, x, y, donate: bool = True):
+    self.step = jax.jit(step, donate_argnums=(0, 1) if donate else ())
     self.params, self.opt_state, self.x, self.y = params, opt_state, x, y
 
   def __call__(self):
@@ -153,7 +170,7 @@ def param_sized_copies(hlo: str, params) -> list[str]:
   return copies
 
 
-def run_model(name: str, rounds: int) -> str:
+def run_model(name: str, rounds: int, donate: bool = True) -> str:
   init, apply, batch_size = MODELS[name]
   x, y = batch(batch_size)
   txs = optimizers()
@@ -161,12 +178,13 @@ def run_model(name: str, rounds: int) -> str:
   for label, tx in txs.items():
     params = init(jax.random.key(0))
     runners[label] = Runner(make_step(apply, tx), params, tx.init(params),
-                            x, y)
+                            x, y, donate=donate)
   # A LeNet step takes milliseconds: many more rounds for steady minima.
   rounds = rounds * 10 if name == 'LeNet-300-100' else rounds
   stats = timing.interleaved(runners, rounds=rounds, warmup=3)
   lines = [timing.table(stats, 'plain', f'{name}: train step (batch '
-                        f'{batch_size}, {rounds} rounds)')]
+                        f'{batch_size}, {rounds} rounds, params and state '
+                        f'{"donated" if donate else "not donated"})')]
   estimates = {
       'paired medians': {label: timing.paired_ratio(stats, label, 'plain')
                          for label in stats},
@@ -188,12 +206,12 @@ def run_model(name: str, rounds: int) -> str:
     lines.append(f'\n{how}: a sync costs {extra:.2f} plain steps more than a '
                  f'non-sync step; over k = 250 that is {extra / 250 * 100:.2f}%'
                  ' of a plain step.')
-  lines.append(compile_and_memory(name, init, apply, txs, x, y))
+  lines.append(compile_and_memory(name, init, apply, txs, x, y, donate))
   return '\n'.join(lines)
 
 
-def compile_and_memory(name, init, apply, txs, x, y, repeats: int = 3
-                       ) -> str:
+def compile_and_memory(name, init, apply, txs, x, y, donate: bool = True,
+                       repeats: int = 3) -> str:
   params = init(jax.random.key(0))
   lines = [f'\n{name}: lower and compile time (median of {repeats}), memory, '
            'copies\n',
@@ -207,7 +225,8 @@ def compile_and_memory(name, init, apply, txs, x, y, repeats: int = 3
     for _ in range(repeats):
       step = make_step(apply, tx)  # a fresh function: no cache hit
       start = time.perf_counter()
-      lowered = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, x, y)
+      lowered = jax.jit(step, donate_argnums=(0, 1) if donate else ()
+                        ).lower(params, state, x, y)
       lowered_at = time.perf_counter()
       compiled = lowered.compile()
       lower_times.append(lowered_at - start)
@@ -252,11 +271,14 @@ def run_periods(name: str, rounds: int) -> str:
            f'{batch_size})\n',
            '| k | rounds | plain ms / step (min) | LaPerm ms / step (min) '
            '| LaPerm / plain, paired median | LaPerm / plain, minima '
-           '| non-sync / plain, paired median | non-sync / plain, minima |',
-           '|---:|---:|---:|---:|---:|---:|---:|---:|']
+           '| non-sync / plain, paired median | non-sync / plain, minima '
+           '| materialised / plain, paired median '
+           '| materialised / plain, minima |',
+           '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
   for k in (20, 250, 1000):
     txs = {'plain': adam, 'laperm': laperm_jax.laperm(adam, sync_period=k),
-           'laperm non-sync': laperm_jax.laperm(adam, sync_period=2**30)}
+           'laperm non-sync': laperm_jax.laperm(adam, sync_period=2**30),
+           'plain, updates materialised': materialized(adam)}
     runners = {}
     for label, tx in txs.items():
       params = init(jax.random.key(0))
@@ -272,7 +294,9 @@ def run_periods(name: str, rounds: int) -> str:
         f'{stats["laperm"]["min"] / k * 1e3:.3f} | '
         f'{ratio(stats, "laperm", "plain"):.4f} | {minima["laperm"]:.4f} | '
         f'{ratio(stats, "laperm non-sync", "plain"):.4f} | '
-        f'{minima["laperm non-sync"]:.4f} |')
+        f'{minima["laperm non-sync"]:.4f} | '
+        f'{ratio(stats, "plain, updates materialised", "plain"):.4f} | '
+        f'{minima["plain, updates materialised"]:.4f} |')
     print(lines[-1], flush=True)
   return '\n'.join(lines)
 
@@ -283,12 +307,17 @@ def main() -> None:
   parser.add_argument('--models', nargs='*', default=list(MODELS))
   parser.add_argument('--periods', nargs='*', default=['LeNet-300-100'],
                       help='models timed by whole sync periods')
+  parser.add_argument('--donate', choices=('yes', 'no', 'both'),
+                      default='both',
+                      help='donate params and state to the per-step jit')
   args = parser.parse_args()
   print(f'machine: {timing.machine()}')
   for name in args.periods:
     print(run_periods(name, args.rounds), flush=True)
+  modes = {'yes': (True,), 'no': (False,), 'both': (True, False)}[args.donate]
   for name in args.models:
-    print(run_model(name, args.rounds), flush=True)
+    for donate in modes:
+      print(run_model(name, args.rounds, donate), flush=True)
 
 
 if __name__ == '__main__':

@@ -103,10 +103,20 @@ def _order_float_compare(rows: jax.Array) -> jax.Array:
 
 
 # ------------------------------------------------------------ placements --
+# The row of every scattered value is a batching dimension of the scatter,
+# not an index: no row-index array is built, and a partitioner sees that
+# rows are independent (a kernel sharded by rows scatters locally).
+_SCATTER_ROWS = jax.lax.ScatterDimensionNumbers(
+    update_window_dims=(), inserted_window_dims=(1,),
+    scatter_dims_to_operand_dims=(1,), operand_batching_dims=(0,),
+    scatter_indices_batching_dims=(0,))
+
+
 def _place_scatter(order: jax.Array, sorted_pool: jax.Array) -> jax.Array:
-  row_index = jax.lax.broadcasted_iota(jnp.int32, order.shape, 0)
-  return jnp.zeros_like(sorted_pool).at[row_index, order].set(
-      sorted_pool, unique_indices=True)
+  return jax.lax.scatter(
+      jnp.zeros_like(sorted_pool), order[..., None], sorted_pool,
+      _SCATTER_ROWS, indices_are_sorted=False, unique_indices=True,
+      mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
 
 
 def _place_cosort_packed(order: jax.Array, sorted_pool: jax.Array
@@ -228,14 +238,39 @@ def block_rows(num_vectors: int, vector_length: int,
 
 def _in_row_blocks(fn: Callable[..., jax.Array], block_elements: int
                    ) -> Callable[..., jax.Array]:
-  """``fn`` on rows, applied block by block of rows when the rows are big."""
+  """``fn`` on rows, applied block by block of rows when the rows are big.
+
+  Block ``b`` holds the rows ``b, b + num_blocks, b + 2 * num_blocks, ...``:
+  strided, so that the loop runs along a minor factor of the rows axis and a
+  partitioner that splits the rows (a kernel sharded over its output axis on
+  an Auto mesh) finds every block's rows on their own devices. The result is
+  written in place, block by block, over the last argument of the output's
+  dtype (the pool rows, a temporary of the transposes to rows): no
+  zero-filled output and no stacking copy.
+  """
   def blocked(*args: jax.Array) -> jax.Array:
     num_vectors, length = args[0].shape
     rows = block_rows(num_vectors, length, block_elements)
     if rows == num_vectors:
       return fn(*args)
-    blocks = tuple(a.reshape(num_vectors // rows, rows, length) for a in args)
-    out = jax.lax.map(lambda block: fn(*block), blocks)
+    num_blocks = num_vectors // rows
+    grouped = [a.reshape(rows, num_blocks, length) for a in args]
+    out_dtype = jax.eval_shape(
+        fn, *(jax.ShapeDtypeStruct((rows, length), a.dtype)
+              for a in args)).dtype
+    carried = max((i for i, a in enumerate(args) if a.dtype == out_dtype),
+                  default=None)
+    init = (grouped[carried] if carried is not None else
+            jnp.zeros((rows, num_blocks, length), out_dtype))
+
+    def body(block, out):
+      inputs = [jax.lax.dynamic_index_in_dim(
+          out if i == carried else g, block, axis=1, keepdims=False)
+                for i, g in enumerate(grouped)]
+      return jax.lax.dynamic_update_index_in_dim(out, fn(*inputs), block,
+                                                 axis=1)
+
+    out = jax.lax.fori_loop(0, num_blocks, body, init)
     return out.reshape(num_vectors, length)
   return blocked
 

@@ -7,7 +7,10 @@ leaf is first resharded so that every vector lives on one device (those mesh
 axes move to the first non-vector axis where it divides evenly, else they are
 gathered), sorted there under ``shard_map``, and put back on its own
 sharding. Leaves sharded over their output axis sort in place, with no
-collective. Under ``Auto`` meshes the compiler places the sort.
+collective. Under ``Auto`` meshes the compiler partitions the sort; the row
+kernels are written so that it can keep rows on their devices (the scatter's
+rows are batching dimensions, row blocks are strided), so an
+output-axis-sharded kernel syncs with no collective there too.
 """
 
 from collections.abc import Callable, Sequence

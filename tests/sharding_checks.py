@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import laperm_jax
+from laperm_jax import _ranking as ranking
 
 COLLECTIVES = re.compile(
     r'\b(all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter|'
@@ -205,12 +206,26 @@ def main():
         continue
       results[f'{axis_type.name.lower()}_{name}'] = mesh_check(
           axis_type, specs, reference)
-  # Under Auto the compiler partitions the sort kernel itself: the co-sort
-  # variants (no scatter; TPU's default) need no collective either.
-  os.environ['LAPERM_JAX_RECONNECT_VARIANT'] = 'packed_cosort'
-  results['auto_out_axis_cosort'] = mesh_check(
-      AxisType.Auto, layouts['out_axis'], reference)
+  # Under Auto the compiler partitions the sort kernel itself: every variant
+  # (scatter or co-sort) must stay local for output-axis-sharded kernels.
+  for variant in ('packed_cosort', 'keyed', 'keyed_cosort'):
+    os.environ['LAPERM_JAX_RECONNECT_VARIANT'] = variant
+    results[f'auto_out_axis_{variant}'] = mesh_check(
+        AxisType.Auto, layouts['out_axis'], reference)
   del os.environ['LAPERM_JAX_RECONNECT_VARIANT']
+  # Large leaves run in row blocks on CPU (a loop): shrink the block size so
+  # that these small kernels take that path, under both mesh types.
+  block_elements = ranking.CPU_BLOCK_ELEMENTS
+  ranking.CPU_BLOCK_ELEMENTS = 144
+  try:
+    # The conv kernel's 8 vectors of 36: 2 blocks of 4 rows (a multiple of
+    # the 4 devices its output axis is split over).
+    assert ranking.block_rows(8, 36, ranking.CPU_BLOCK_ELEMENTS) == 4
+    for axis_type in (AxisType.Explicit, AxisType.Auto):
+      results[f'{axis_type.name.lower()}_out_axis_blocked'] = mesh_check(
+          axis_type, layouts['out_axis'], reference)
+  finally:
+    ranking.CPU_BLOCK_ELEMENTS = block_elements
   results['nnx'] = nnx_check()
   with tempfile.TemporaryDirectory() as directory:
     results['checkpoint'] = checkpoint_check(directory)

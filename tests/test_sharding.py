@@ -69,10 +69,26 @@ def test_auto_meshes_give_single_device_results(results):
   check = results['auto_out_axis']
   assert check['pool_specs'] == {k: check['wanted_specs'][k]
                                  for k in ('dense', 'conv')}
-  # The compiler partitions the kernel: a scatter is gathered, a co-sort
-  # (the TPU default) stays local.
-  check = results['auto_out_axis_cosort']
+
+
+@pytest.mark.parametrize('variant', ['auto', 'packed_cosort', 'keyed',
+                                     'keyed_cosort'])
+def test_auto_mesh_output_axis_sync_has_no_collectives(results, variant):
+  # Every weight vector of an output-axis-sharded kernel is on one device:
+  # the compiler partitions the sync with no communication (the scatter's
+  # rows are batching dimensions, not indices), for every variant.
+  check = results['auto_out_axis' if variant == 'auto' else
+                  f'auto_out_axis_{variant}']
   assert check['equal'] and check['pool_equal']
+  assert check['collectives'] == [], check['collectives']
+
+
+@pytest.mark.parametrize('axis_type', ['explicit', 'auto'])
+def test_row_blocks_of_large_leaves_stay_local(results, axis_type):
+  # Large leaves loop over strided row blocks, along a minor factor of the
+  # rows: a partitioner splitting the rows keeps each block local.
+  check = results[f'{axis_type}_out_axis_blocked']
+  assert check['equal'] and check['pool_equal'] and check['eager_equal']
   assert check['collectives'] == [], check['collectives']
 
 
