@@ -66,6 +66,8 @@ def compare(recorded: dict, rerun: dict) -> list[str]:
   """What differs between two results.json contents (empty: bit-identical)."""
   diffs = []
   for field in _FIELDS:
+    if field not in recorded:  # recorded before the field existed
+      continue
     a, b = recorded.get(field), rerun.get(field)
     if a != b:
       if isinstance(a, float) and isinstance(b, float) and 'accuracy' in field:
@@ -78,18 +80,21 @@ def compare(recorded: dict, rerun: dict) -> list[str]:
     diffs.append(f'{len(h_a)} evaluations -> {len(h_b)}')
   else:
     moved = [(x, y) for x, y in zip(h_a, h_b)
-             if any(x.get(f) != y.get(f) for f in _ENTRY_FIELDS)]
+             if any(x.get(f) != y.get(f) for f in _ENTRY_FIELDS if f in x)]
     if moved:
       worst = max(abs(x['test_accuracy'] - y['test_accuracy'])
                   for x, y in moved)
-      diffs.append(f'{len(moved)} of {len(h_a)} evaluations differ (largest '
-                   f'accuracy change {100 * worst:.2f} pt)')
+      fields = sorted({f for x, y in moved for f in _ENTRY_FIELDS
+                       if f in x and x.get(f) != y.get(f)})
+      diffs.append(f'{len(moved)} of {len(h_a)} evaluations differ in '
+                   f'{", ".join(fields)} (largest accuracy change '
+                   f'{100 * worst:.2f} pt)')
   return diffs
 
 
 def reproduce_row(name: str, argv: list[str], out: str,
-                  results_dir: str = RESULTS) -> dict:
-  committed = os.path.join(results_dir, name)
+                  results_dir: str | None = None) -> dict:
+  committed = os.path.join(results_dir or RESULTS, name)
   if not os.path.isdir(committed):
     raise FileNotFoundError(f'no committed run {committed}')
   run_dir = os.path.join(out, name)
