@@ -10,68 +10,42 @@ import sys
 
 import numpy as np
 
-from experiments import augment as augment_lib
 from experiments import data as data_lib
 from experiments import models as models_lib
 from experiments import presets as presets_lib
 from experiments import training
 
 
+def flag_of(field: dataclasses.Field) -> str:
+  return field.metadata.get('flag', '--' + field.name.replace('_', '-'))
+
+
 def add_run_args(parser: argparse.ArgumentParser) -> None:
-  """The flags that define one training configuration."""
-  add = parser.add_argument
-  add('--preset', default=None,
+  """The flags that define one training configuration.
+
+  One flag per ``training.RunConfig`` field, with the field's default, help
+  and choices (``experiments.training``): the config is the one source.
+  """
+  parser.add_argument(
+      '--preset', default=None,
       help='named configuration (sets defaults; other flags override): ' +
       ', '.join(presets_lib.PRESETS))
-  add('--model', default='lenet300', help=', '.join(models_lib.MODELS))
-  add('--dataset', default='mnist5k', help=', '.join(data_lib.DATASETS))
-  add('--k', default='20',
-      help='steps between syncs: an int, or "Nep" for N epochs')
-  add('--epochs', type=float, default=20.0)
-  add('--batch-size', type=int, default=50)
-  add('--lr', type=float, default=1e-3, help='Adam learning rate')
-  add('--lr-schedule', default='constant',
-      help='constant | exp:R (lr*R^epoch) | step:R:E (lr*R^(epoch//E)) | '
-      'resnet (the Keras CIFAR ResNet steps)')
-  add('--init', default='default', choices=training.INITS,
-      help='default | sparse (Bernoulli keep mask) | shared ({0, w})')
-  add('--density', default=None,
-      help='fraction of kernel weights kept non-zero; one value or one per '
-      'layer, comma-separated (sparse init keeps >= 0.8 in the first layer)')
-  add('--first-layer-min-density', type=float, default=0.8,
-      help='sparse init: the first layer keeps at least this fraction (the '
-      'paper\'s 0.8; 0 prunes it like the others)')
-  add('--shared-value', type=float, default=0.08, help='w for --init shared')
-  add('--seed', type=int, default=0)
-  add('--augment', default='none', choices=tuple(augment_lib.AUGMENTATIONS))
-  add('--preprocess', default='scale', choices=training.PREPROCESSING,
-      help='scale: x/255 | raw: 0-255 (the paper\'s CIFAR bug) | mean: x/255 '
-      'minus the per-pixel train mean')
-  add('--weight-decay', type=float, default=0.0,
-      help='Keras-style L2 coefficient (loss += wd * sum w^2)')
-  add('--weight-decay-scope', default='kernels', choices=training.DECAY_SCOPES)
-  add('--permute-biases', default=None, action=argparse.BooleanOptionalAction,
-      help='also reconnect conv/dense biases (default: as in the paper)')
-  add('--eval-every', type=int, default=None,
-      help='steps between evaluations, rounded to a multiple of k '
-      '(default: one epoch)')
-  add('--max-steps', type=int, default=None, help='cap on training steps')
-  add('--train-subset', type=int, default=None,
-      help='use a stratified random subset of this many training images')
-  add('--test-subset', type=int, default=None)
-  add('--data-source', default='auto', choices=data_lib.SOURCES,
-      help='auto/local: local files only; tfds: tensorflow_datasets '
-      '(may download)')
-  add('--data-dir', default=None, help='directory holding the dataset files')
-  add('--track-syncs', action='store_true',
-      help='evaluate just before and after every sync and count moves')
-  add('--scan', default='auto', choices=('auto', 'on', 'off'),
-      help='lax.scan over the steps between evaluations (auto: not for conv '
-      'models on CPU, where XLA runs convs much slower inside a loop)')
-  add('--time-limit', type=float, default=None, metavar='SECONDS',
-      help='stop at the first evaluation point after this much training '
-      'time (results.json records where: stopped_early)')
-  add('--no-progress', action='store_true', help='no progress bar')
+  for field in dataclasses.fields(training.RunConfig):
+    meta = dict(field.metadata)
+    if not meta.pop('cli', True):
+      continue
+    meta.pop('flag', None)
+    kwargs = dict(dest=field.name, default=field.default,
+                  help=meta.pop('help'))
+    action = meta.pop('action', None)
+    if action == 'optional_bool':
+      kwargs['action'] = argparse.BooleanOptionalAction
+    elif isinstance(field.default, bool):
+      kwargs['action'] = 'store_true'
+    kwargs.update(meta)
+    parser.add_argument(flag_of(field), **kwargs)
+  parser.add_argument('--no-progress', action='store_true',
+                      help='no progress bar')
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -101,27 +75,18 @@ def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
 
 
 def config_from_args(args, **overrides) -> training.RunConfig:
-  density = 1.0
-  if args.density is not None:
-    density = [float(d) for d in str(args.density).split(',')]
-    density = density[0] if len(density) == 1 else density
-  elif args.init in ('sparse', 'shared'):
-    density = 0.5
-  cfg = training.RunConfig(
-      model=args.model, dataset=args.dataset,
-      optimizer=getattr(args, 'optimizer', 'laperm'),
-      k=args.k, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-      lr_schedule=args.lr_schedule, init=args.init, density=density,
-      first_layer_min_density=args.first_layer_min_density,
-      shared_value=args.shared_value, seed=args.seed, augment=args.augment,
-      preprocess=args.preprocess, weight_decay=args.weight_decay,
-      weight_decay_scope=args.weight_decay_scope,
-      permute_biases=args.permute_biases, eval_every=args.eval_every,
-      max_steps=args.max_steps, train_subset=args.train_subset,
-      test_subset=args.test_subset, data_source=args.data_source,
-      data_dir=args.data_dir, track_syncs=args.track_syncs,
-      scan=args.scan, time_limit_s=args.time_limit)
-  return dataclasses.replace(cfg, **overrides)
+  """The RunConfig of parsed flags (``overrides`` win)."""
+  values = {f.name: getattr(args, f.name)
+            for f in dataclasses.fields(training.RunConfig)
+            if f.metadata.get('cli', True)}
+  if values['density'] is not None:
+    density = [float(d) for d in str(values['density']).split(',')]
+    values['density'] = density[0] if len(density) == 1 else density
+  values['optimizer'] = getattr(args, 'optimizer', 'laperm')
+  if values['optimizer'] not in training.OPTIMIZERS:
+    values['optimizer'] = 'laperm'  # 'both': the caller overrides it
+  values.update(overrides)
+  return training.RunConfig(**values)
 
 
 def load_dataset(cfg: training.RunConfig) -> data_lib.Dataset:

@@ -41,6 +41,7 @@ from experiments import augment as augment_lib
 from experiments import checkpointing
 from experiments import data as data_lib
 from experiments import models as models_lib
+from experiments import protocol
 
 PREPROCESSING = ('scale', 'raw', 'mean')
 INITS = ('default', 'sparse', 'shared')
@@ -48,40 +49,83 @@ OPTIMIZERS = ('laperm', 'adam')
 DECAY_SCOPES = ('kernels', 'conv', 'hidden')
 
 
+def _flag(default, help_text: str, **argparse_kwargs):
+  """A RunConfig field and its CLI flag (``experiments.cli`` derives them)."""
+  return dataclasses.field(default=default,
+                           metadata=dict(help=help_text, **argparse_kwargs))
+
+
 @dataclasses.dataclass
 class RunConfig:
-  """Everything that defines a run; recorded in results.json."""
-  model: str = 'lenet300'
-  dataset: str = 'mnist5k'
-  optimizer: str = 'laperm'
-  k: str | int | None = None      # int steps, 'Nep' (N epochs), None = 1 epoch
-  epochs: float = 10.0
-  batch_size: int = 50
-  lr: float = 1e-3
-  lr_schedule: str = 'constant'  # constant | exp:R | step:R:E | resnet
-  init: str = 'default'          # default | sparse | shared
-  density: Any = 1.0             # float, or one float per layer (list)
-  first_layer_min_density: float = 0.8  # sparse init: the paper's floor
-  shared_value: float = 0.08
-  seed: int = 0
-  augment: str = 'none'
-  preprocess: str = 'scale'      # scale (x/255) | raw (0-255) | mean
-  weight_decay: float = 0.0      # Keras-style L2: loss += wd * sum(w**2)
-  weight_decay_scope: str = 'kernels'
-  permute_biases: bool | None = None  # None: the model's paper setting
-  eval_every: int | None = None  # steps between evaluations; None = 1 epoch
-  max_steps: int | None = None   # cap on total steps (smoke tests)
-  train_subset: int | None = None
-  test_subset: int | None = None
-  data_source: str = 'auto'
-  data_dir: str | None = None
-  track_syncs: bool = False
-  eval_batch_size: int = 1000
-  time_limit_s: float | None = None  # stop at the first evaluation point
-                                      # after this much training time
-  scan: str = 'auto'  # on | off | auto: lax.scan over steps, except for conv
-                      # models on CPU (XLA:CPU runs convs ~20x slower inside
-                      # a while loop; there a jitted step per call is used)
+  """Everything that defines a run; recorded in results.json.
+
+  The defaults are the default run (``python -m experiments.train``) and the
+  CLI's defaults: each field is one flag (``--batch-size`` for
+  ``batch_size``), derived from this class by ``experiments.cli``.
+  """
+  model: str = _flag('lenet300', ', '.join(models_lib.MODELS))
+  dataset: str = _flag('mnist5k', ', '.join(data_lib.DATASETS))
+  optimizer: str = _flag('laperm', 'laperm | adam', cli=False)
+  k: str | int | None = _flag(
+      '20', 'steps between syncs: an int, or "Nep" for N epochs')
+  epochs: float = _flag(20.0, 'training epochs', type=float)
+  batch_size: int = _flag(50, 'batch size', type=int)
+  lr: float = _flag(1e-3, 'Adam learning rate', type=float)
+  lr_schedule: str = _flag(
+      'constant', 'constant | exp:R (lr*R^epoch) | step:R:E '
+      '(lr*R^(epoch//E)) | resnet (the Keras CIFAR ResNet steps)')
+  init: str = _flag('default', 'default | sparse (Bernoulli keep mask) | '
+                    'shared ({0, w})', choices=INITS)
+  density: Any = _flag(
+      None, 'fraction of kernel weights kept non-zero; one value or one per '
+      'layer, comma-separated (default 1, or 0.5 with --init sparse/shared)',
+      type=str)
+  first_layer_min_density: float = _flag(
+      0.8, 'sparse init: the first layer keeps at least this fraction (the '
+      "paper's 0.8; 0 prunes it like the others)", type=float)
+  shared_value: float = _flag(0.08, 'w for --init shared', type=float)
+  seed: int = _flag(0, 'seed of theta_0, data order and dropout', type=int)
+  augment: str = _flag('none', 'augmentation',
+                       choices=tuple(augment_lib.AUGMENTATIONS))
+  preprocess: str = _flag(
+      'scale', "scale: x/255 | raw: 0-255 (the paper's CIFAR bug) | mean: "
+      'x/255 minus the per-pixel train mean', choices=PREPROCESSING)
+  weight_decay: float = _flag(
+      0.0, 'Keras-style L2 coefficient (loss += wd * sum w^2)', type=float)
+  weight_decay_scope: str = _flag('kernels', 'which kernels L2 applies to',
+                                  choices=DECAY_SCOPES)
+  permute_biases: bool | None = _flag(
+      None, 'also reconnect conv/dense biases (default: as in the paper)',
+      action='optional_bool')
+  eval_every: int | None = _flag(
+      None, 'steps between evaluations, rounded to a multiple of k '
+      '(default: one epoch)', type=int)
+  max_steps: int | None = _flag(None, 'cap on training steps', type=int)
+  train_subset: int | None = _flag(
+      None, 'use a stratified random subset of this many training images',
+      type=int)
+  test_subset: int | None = _flag(None, 'the same for the test set', type=int)
+  data_source: str = _flag(
+      'auto', 'auto/local: local files only; tfds: tensorflow_datasets (may '
+      'download)', choices=data_lib.SOURCES)
+  data_dir: str | None = _flag(None, 'directory holding the dataset files',
+                               type=str)
+  track_syncs: bool = _flag(
+      False, 'evaluate just before and after every sync and count moves')
+  eval_batch_size: int = _flag(1000, 'test images per evaluation batch',
+                               type=int)
+  time_limit_s: float | None = _flag(
+      None, 'stop at the first evaluation point after this much training '
+      'time (results.json records where: stopped_early)', type=float,
+      flag='--time-limit', metavar='SECONDS')
+  scan: str = _flag(
+      'auto', 'lax.scan over the steps between evaluations (auto: not for '
+      'conv models on CPU, where XLA runs convs ~20x slower inside a loop; '
+      'those use one jitted step per call)', choices=('auto', 'on', 'off'))
+
+  def __post_init__(self):
+    if self.density is None:
+      self.density = 0.5 if self.init in ('sparse', 'shared') else 1.0
 
 
 def parse_k(k, steps_per_epoch: int) -> int:
@@ -304,6 +348,134 @@ class Pipeline:
     return np.stack(out).astype(np.int32)
 
 
+class Steps:
+  """The jitted functions of one run: training chunks, sync step, evaluation.
+
+  Built once per run; their programs are what ``run`` executes, so that the
+  loop below holds no numerics of its own.
+  """
+
+  def __init__(self, pipe: Pipeline, cfg: RunConfig, tx, inner, mask, params,
+               batch_stats, mesh=None):
+    model = pipe.model
+    has_bn = bool(jax.tree.leaves(batch_stats))
+    decay_mask = pipe.decay_mask(params)
+    wd = cfg.weight_decay
+    base_key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
+
+    def loss_fn(params, batch_stats, x, y, key):
+      variables = {'params': params}
+      if has_bn:
+        variables['batch_stats'] = batch_stats
+      logits, new_vars = model.apply(
+          variables, x, train=True, rngs={'dropout': key},
+          mutable=['batch_stats'] if has_bn else [])
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+      loss = ce
+      if wd:
+        l2 = sum(jnp.sum(p ** 2) for p, f in zip(
+            jax.tree.leaves(params), jax.tree.leaves(decay_mask)) if f)
+        loss = loss + wd * l2
+      new_bs = new_vars['batch_stats'] if has_bn else batch_stats
+      return loss, (ce, new_bs)
+
+    def one_step(carry, inputs, x_train, y_train):
+      params, batch_stats, opt_state = carry
+      idx, step = inputs
+      key = jax.random.fold_in(base_key, step)
+      k_aug, k_drop = jax.random.split(key)
+      x = pipe.preprocess(x_train[idx])
+      if mesh is not None:
+        x = mesh.shard_batch(x)
+      x = augment_lib.random_affine(k_aug, x, pipe.augmentation)
+      (_, (ce, batch_stats)), grads = jax.value_and_grad(
+          loss_fn, has_aux=True)(params, batch_stats, x, y_train[idx], k_drop)
+      updates, new_opt_state = tx.update(grads, opt_state, params)
+      new_params = optax.apply_updates(params, updates)
+      new_carry = (new_params, batch_stats, new_opt_state)
+      if mesh is not None:
+        new_carry = mesh.constrain(new_carry)
+      return new_carry, (ce, grads)
+
+    @jax.jit
+    def scan_chunk(carry, idx, steps, x_train, y_train):
+      def body(c, inp):
+        c, (ce, _) = one_step(c, inp, x_train, y_train)
+        return c, ce
+      return jax.lax.scan(body, carry, (idx, steps))
+
+    @jax.jit
+    def single_step(carry, idx, step, x_train, y_train):
+      carry, (ce, _) = one_step(carry, (idx, step), x_train, y_train)
+      return carry, ce
+
+    @jax.jit
+    def sync_step(carry, idx, step, x_train, y_train):
+      """One step that also returns the params just before the sync."""
+      params, _, opt_state = carry
+      new_carry, (ce, grads) = one_step(carry, (idx, step), x_train, y_train)
+      inner_updates, _ = inner.update(grads, opt_state.inner_state, params)
+      return new_carry, ce, optax.apply_updates(params, inner_updates)
+
+    @jax.jit
+    def evaluate_jit(params, batch_stats, xs, ys, valid):
+      variables = {'params': params}
+      if has_bn:
+        variables['batch_stats'] = batch_stats
+      def batch(inputs):
+        x, y, v = inputs
+        logits = model.apply(variables, pipe.preprocess(x), train=False)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        return (jnp.sum(v * (jnp.argmax(logits, -1) == y)), jnp.sum(v * ce))
+      correct, loss = jax.lax.map(batch, (xs, ys, valid))
+      return jnp.sum(correct), jnp.sum(loss)
+
+    @jax.jit
+    def sync_change(prev, cur):
+      """Fraction of reconnected weights changed; connections created/removed."""
+      changed = created = removed = nonzero = total = 0
+      for a, b, f in zip(jax.tree.leaves(prev), jax.tree.leaves(cur),
+                         jax.tree.leaves(mask)):
+        if f:
+          changed += jnp.sum(a != b)
+          created += jnp.sum((a == 0) & (b != 0))
+          removed += jnp.sum((a != 0) & (b == 0))
+          nonzero += jnp.sum(b != 0)
+          total += a.size
+      return changed / total, created, removed, nonzero
+
+    self.pipe = pipe
+    self.use_scan = cfg.scan == 'on' or (cfg.scan == 'auto' and (
+        jax.default_backend() != 'cpu' or not has_conv(params)))
+    self._scan_chunk, self._single_step = scan_chunk, single_step
+    self.sync_step, self.sync_change = sync_step, sync_change
+    self._evaluate_jit = evaluate_jit
+    self.exact = (jax.jit(laperm_jax.reconnect)
+                  if cfg.optimizer == 'laperm' else None)
+
+  def chunk(self, carry, lo: int, hi: int):
+    """Steps lo+1 .. hi; returns the carry and their losses (host)."""
+    pipe = self.pipe
+    idx = jnp.asarray(pipe.batch_indices(lo, hi))
+    steps = jnp.arange(lo + 1, hi + 1, dtype=jnp.int32)
+    if self.use_scan:
+      carry, ce = self._scan_chunk(carry, idx, steps, pipe.x_train,
+                                   pipe.y_train)
+      return carry, np.asarray(ce)
+    losses = []
+    for i in range(idx.shape[0]):
+      carry, ce = self._single_step(carry, idx[i], steps[i], pipe.x_train,
+                                    pipe.y_train)
+      losses.append(ce)
+    return carry, np.asarray(jnp.stack(losses))
+
+  def evaluate(self, params, batch_stats):
+    pipe = self.pipe
+    correct, loss = self._evaluate_jit(params, batch_stats, pipe.x_test,
+                                       pipe.y_test, pipe.valid)
+    return float(correct) / pipe.n_test, float(loss) / pipe.n_test
+
+
 def run(cfg: RunConfig, dataset: data_lib.Dataset | None = None,
         progress: bool = True, pipeline: Pipeline | None = None,
         checkpoints=None, mesh=None) -> RunResult:
@@ -311,11 +483,12 @@ def run(cfg: RunConfig, dataset: data_lib.Dataset | None = None,
 
   ``checkpoints``: an ``experiments.checkpointing.Checkpoints`` (saves, and
   resumes from its latest checkpoint); ``mesh``: an
-  ``experiments.mesh.MeshPlan`` (multi-device).
+  ``experiments.mesh.MeshPlan`` (multi-device). The protocol (where and how
+  evaluations happen, best selection) is ``experiments.protocol``.
   """
   start_time = time.time()
   pipe = pipeline or Pipeline(cfg, dataset)
-  model, is_laperm = pipe.model, cfg.optimizer == 'laperm'
+  is_laperm = cfg.optimizer == 'laperm'
   params, batch_stats, mask = pipe.init_variables()
   params0 = to_host(params)
   inner, tx = pipe.make_optimizer(mask)
@@ -323,257 +496,192 @@ def run(cfg: RunConfig, dataset: data_lib.Dataset | None = None,
     params, batch_stats, opt_state = mesh.place(pipe, params, batch_stats, tx)
   else:
     opt_state = tx.init(params)
-  pool = opt_state.pool if is_laperm else None
-  has_bn = bool(jax.tree.leaves(batch_stats))
-  decay_mask = pipe.decay_mask(params)
-  wd = cfg.weight_decay
-  base_key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
+  steps = Steps(pipe, cfg, tx, inner, mask, params, batch_stats, mesh)
+  loop = _Loop(cfg, pipe, steps, tx, (params, batch_stats, opt_state),
+               checkpoints, mesh)
+  loop.train(progress)
+  return _result(cfg, pipe, steps, loop, params0, mask, mesh,
+                 time.time() - start_time)
 
-  def loss_fn(params, batch_stats, x, y, key):
-    variables = {'params': params}
-    if has_bn:
-      variables['batch_stats'] = batch_stats
-    logits, new_vars = model.apply(
-        variables, x, train=True, rngs={'dropout': key},
-        mutable=['batch_stats'] if has_bn else [])
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    loss = ce
-    if wd:
-      l2 = sum(jnp.sum(p ** 2) for p, f in zip(
-          jax.tree.leaves(params), jax.tree.leaves(decay_mask)) if f)
-      loss = loss + wd * l2
-    new_bs = new_vars['batch_stats'] if has_bn else batch_stats
-    return loss, (ce, new_bs)
 
-  def one_step(carry, inputs, x_train, y_train):
-    params, batch_stats, opt_state = carry
-    idx, step = inputs
-    key = jax.random.fold_in(base_key, step)
-    k_aug, k_drop = jax.random.split(key)
-    x = pipe.preprocess(x_train[idx])
-    if mesh is not None:
-      x = mesh.shard_batch(x)
-    x = augment_lib.random_affine(k_aug, x, pipe.augmentation)
-    (_, (ce, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, batch_stats, x, y_train[idx], k_drop)
-    updates, new_opt_state = tx.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    new_carry = (new_params, batch_stats, new_opt_state)
-    if mesh is not None:
-      new_carry = mesh.constrain(new_carry)
-    return new_carry, (ce, grads)
+class _Loop:
+  """The training loop: chunks of steps between evaluation points, resume."""
 
-  @jax.jit
-  def scan_chunk(carry, idx, steps, x_train, y_train):
-    def body(c, inp):
-      c, (ce, _) = one_step(c, inp, x_train, y_train)
-      return c, ce
-    return jax.lax.scan(body, carry, (idx, steps))
+  def __init__(self, cfg, pipe, steps, tx, carry, checkpoints, mesh):
+    self.cfg, self.pipe, self.steps = cfg, pipe, steps
+    self.is_laperm = cfg.optimizer == 'laperm'
+    self.carry = carry
+    self.prev_exact = carry[0]
+    self.before_last_sync = None  # params before the last step, if a sync
+    self.step, self.history, self.sync_records = 0, [], []
+    self.train_time, self.pending = 0.0, []
+    self.stopped_early = None
+    self.checkpoints = checkpoints
+    self.initial_accuracy = steps.evaluate(carry[0], carry[1])  # theta_0
+    self.initial_accuracy = self.initial_accuracy[0]
+    self.every = None
+    if checkpoints is not None:
+      checkpoints.total_steps, self.every = pipe.total_steps, checkpoints.every
+      if checkpoints.latest is not None:
+        restored = checkpoints.restore(
+            tx, dict(carry=self.carry, prev_exact=self.prev_exact),
+            mesh.sharding_of if mesh is not None else
+            lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+        self.carry, self.prev_exact = restored['carry'], restored['prev_exact']
+        meta = checkpoints.loop_state()
+        self.step, self.history = meta['step'], meta['history']
+        self.sync_records = meta['sync_records']
+        self.train_time = meta['train_time']
+        self.initial_accuracy = meta['initial_accuracy']
+        self.pending = meta['pending_losses']
 
-  @jax.jit
-  def single_step(carry, idx, step, x_train, y_train):
-    carry, (ce, _) = one_step(carry, (idx, step), x_train, y_train)
-    return carry, ce
+  @property
+  def pool(self):
+    return self.carry[2].pool if self.is_laperm else None
 
-  use_scan = cfg.scan == 'on' or (cfg.scan == 'auto' and (
-      jax.default_backend() != 'cpu' or not has_conv(params)))
+  def save(self, at, losses=()):
+    self.checkpoints.save(
+        at, dict(carry=self.carry, prev_exact=self.prev_exact),
+        checkpointing.loop_meta(self.history, self.sync_records,
+                                self.train_time, self.initial_accuracy,
+                                losses))
 
-  def run_chunk(carry, idx, steps, x_train, y_train):
-    if use_scan:
-      return scan_chunk(carry, idx, steps, x_train, y_train)
-    losses = []
-    for i in range(idx.shape[0]):
-      carry, ce = single_step(carry, idx[i], steps[i], x_train, y_train)
-      losses.append(ce)
-    return carry, jnp.stack(losses)
+  def train(self, progress: bool) -> None:
+    cfg, pipe, steps = self.cfg, self.pipe, self.steps
+    total, k = pipe.total_steps, pipe.k
+    points = protocol.evaluation_points(
+        total, k, pipe.eval_interval,
+        every_sync=cfg.track_syncs and self.is_laperm)
+    bar = None
+    if progress:
+      from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+      bar = tqdm(total=total, desc=f'{cfg.optimizer} {cfg.model}',
+                 unit='step', leave=True)
+    for point in points:
+      if point <= self.step:  # done before the checkpoint resumed from
+        continue
+      if (cfg.time_limit_s is not None and self.history and
+          self.train_time >= cfg.time_limit_s):
+        self.stopped_early = dict(
+            at_step=self.step, epochs_done=self.step / pipe.steps_per_epoch,
+            reason=f'time limit of {cfg.time_limit_s} s')
+        break
+      self._advance_to(point)
+      if bar is not None:
+        bar.update(point - bar.n)
+        bar.set_postfix(test_acc=f'{self.history[-1]["test_accuracy"]:.4f}')
+      if self.checkpoints is not None and self.checkpoints.due(point):
+        self.save(point)
+    if bar is not None:
+      bar.close()
 
-  @jax.jit
-  def sync_step(carry, idx, step, x_train, y_train):
-    """One step that also returns the params just before the sync."""
-    params, _, opt_state = carry
-    new_carry, (ce, grads) = one_step(carry, (idx, step), x_train, y_train)
-    inner_updates, _ = inner.update(grads, opt_state.inner_state, params)
-    return new_carry, ce, optax.apply_updates(params, inner_updates)
-
-  @jax.jit
-  def evaluate_jit(params, batch_stats, xs, ys, valid):
-    variables = {'params': params}
-    if has_bn:
-      variables['batch_stats'] = batch_stats
-    def batch(inputs):
-      x, y, v = inputs
-      logits = model.apply(variables, pipe.preprocess(x), train=False)
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-      return (jnp.sum(v * (jnp.argmax(logits, -1) == y)), jnp.sum(v * ce))
-    correct, loss = jax.lax.map(batch, (xs, ys, valid))
-    return jnp.sum(correct), jnp.sum(loss)
-
-  def evaluate(params, batch_stats):
-    correct, loss = evaluate_jit(params, batch_stats, pipe.x_test, pipe.y_test,
-                                 pipe.valid)
-    return float(correct) / pipe.n_test, float(loss) / pipe.n_test
-
-  exact = jax.jit(laperm_jax.reconnect) if is_laperm else None
-
-  @jax.jit
-  def sync_change(prev, cur):
-    """Fraction of reconnected weights changed; connections created/removed."""
-    changed = created = removed = nonzero = total = 0
-    for a, b, f in zip(jax.tree.leaves(prev), jax.tree.leaves(cur),
-                       jax.tree.leaves(mask)):
-      if f:
-        changed += jnp.sum(a != b)
-        created += jnp.sum((a == 0) & (b != 0))
-        removed += jnp.sum((a != 0) & (b == 0))
-        nonzero += jnp.sum(b != 0)
-        total += a.size
-    return changed / total, created, removed, nonzero
-
-  total, k = pipe.total_steps, pipe.k
-  if cfg.track_syncs and is_laperm:
-    points = list(range(k, total + 1, k))
-  else:
-    points = list(range(pipe.eval_interval, total + 1, pipe.eval_interval))
-  if not points or points[-1] != total:
-    points.append(total)
-
-  initial_accuracy, _ = evaluate(params, batch_stats)  # theta_0 itself.
-  history, sync_records = [], []
-  carry = (params, batch_stats, opt_state)
-  prev_exact = params
-  step = 0
-  bar = None
-  if progress:
-    from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
-    bar = tqdm(total=total, desc=f'{cfg.optimizer} {cfg.model}',
-               unit='step', leave=True)
-  train_time = 0.0
-  pending = []  # losses of an interval a checkpoint interrupted
-  every = None
-  if checkpoints is not None:
-    checkpoints.total_steps, every = total, checkpoints.every
-    if checkpoints.latest is not None:
-      restored = checkpoints.restore(
-          tx, dict(carry=carry, prev_exact=prev_exact),
-          mesh.sharding_of if mesh is not None else
-          lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-      carry, prev_exact = restored['carry'], restored['prev_exact']
-      pool = carry[2].pool if is_laperm else None
-      loop = checkpoints.loop_state()
-      step, history, sync_records = (loop['step'], loop['history'],
-                                     loop['sync_records'])
-      train_time, initial_accuracy = (loop['train_time'],
-                                      loop['initial_accuracy'])
-      pending = loop['pending_losses']
-  def save(at, losses=()):
-    checkpoints.save(at, dict(carry=carry, prev_exact=prev_exact),
-                     checkpointing.loop_meta(history, sync_records, train_time,
-                                             initial_accuracy, losses))
-  stopped_early = None
-  for point in points:
-    if point <= step:  # done before the checkpoint this run resumed from
-      continue
-    if (cfg.time_limit_s is not None and history and
-        train_time >= cfg.time_limit_s):
-      stopped_early = dict(at_step=step, epochs_done=step / pipe.steps_per_epoch,
-                           reason=f'time limit of {cfg.time_limit_s} s')
-      break
+  def _advance_to(self, point: int) -> None:
+    pipe, steps = self.pipe, self.steps
     t0 = time.time()
-    losses, pending = pending, []
-    is_sync = is_laperm and point % k == 0
-    tracked = cfg.track_syncs and is_sync
-    chunk_end = point - 1 if tracked else point
-    for lo, hi in checkpointing.spans(step, chunk_end, every):
-      idx = pipe.batch_indices(lo, hi)
-      steps = jnp.arange(lo + 1, hi + 1, dtype=jnp.int32)
-      carry, ce = run_chunk(carry, jnp.asarray(idx), steps, pipe.x_train,
-                            pipe.y_train)
-      losses.append(np.asarray(ce))
-      if checkpoints is not None and hi < point and checkpoints.due(hi):
-        save(hi, losses)  # mid-interval (between two syncs for LaPerm)
+    losses, self.pending = self.pending, []
+    is_sync = protocol.is_sync_point(point, pipe.k, self.is_laperm)
+    tracked = self.cfg.track_syncs and is_sync
+    # The last step of a run that ends on a sync runs on its own (the same
+    # program, split as a checkpoint splits it), to keep the params before it.
+    last_sync = is_sync and point == pipe.total_steps and not tracked
+    chunk_end = point - 1 if (tracked or last_sync) else point
+    for lo, hi in checkpointing.spans(self.step, chunk_end, self.every):
+      self.carry, ce = steps.chunk(self.carry, lo, hi)
+      losses.append(ce)
+      if (self.checkpoints is not None and hi < point and
+          self.checkpoints.due(hi)):
+        self.save(hi, losses)  # mid-interval (between two syncs for LaPerm)
+    pre_sync = None
     if tracked:
       idx = pipe.batch_indices(point - 1, point)[0]
-      carry, ce, pre_sync = sync_step(carry, jnp.asarray(idx),
-                                      jnp.int32(point), pipe.x_train,
-                                      pipe.y_train)
+      self.carry, ce, pre_sync = steps.sync_step(
+          self.carry, jnp.asarray(idx), jnp.int32(point), pipe.x_train,
+          pipe.y_train)
       losses.append(np.asarray(ce)[None])
-    jax.block_until_ready(carry)
-    train_time += time.time() - t0
-    step = point
-    params, batch_stats, opt_state = carry
+    elif last_sync and chunk_end < point:
+      before = self.carry[0]
+      self.carry, ce = steps.chunk(self.carry, point - 1, point)
+      losses.append(ce)
+      self.before_last_sync = before
+    jax.block_until_ready(self.carry)
+    self.train_time += time.time() - t0
+    self.step = point
+    params, batch_stats, _ = self.carry
     train_loss = float(np.concatenate(losses).mean()) if losses else None
-    entry = dict(step=point, epoch=point / pipe.steps_per_epoch,
-                 train_loss=train_loss)
-    if is_sync:
-      synced = exact(params, pool)
-      acc, loss = evaluate(synced, batch_stats)
-      history.append(dict(entry, test_accuracy=acc, test_loss=loss,
-                          after_sync=True))
-      if tracked:
-        acc_before, _ = evaluate(pre_sync, batch_stats)
-        frac, created, removed, nonzero = sync_change(prev_exact, synced)
-        sync_records.append(dict(
-            step=point, acc_before=acc_before, acc_after=acc,
-            changed_fraction=float(frac), created=int(created),
-            removed=int(removed), nonzero=int(nonzero)))
-        prev_exact = synced
-    else:
-      acc, loss = evaluate(params, batch_stats)
-      history.append(dict(entry, test_accuracy=acc, test_loss=loss,
-                          after_sync=False))
-      if is_laperm:  # the last step was not a sync step: sync explicitly.
-        synced = exact(params, pool)
-        acc, loss = evaluate(synced, batch_stats)
-        history.append(dict(entry, train_loss=None, test_accuracy=acc,
-                            test_loss=loss, after_sync=True,
-                            explicit_final_sync=True))
-    if bar is not None:
-      bar.update(point - bar.n)
-      bar.set_postfix(test_acc=f'{history[-1]["test_accuracy"]:.4f}')
-    if checkpoints is not None and checkpoints.due(point):
-      save(point)
-  if bar is not None:
-    bar.close()
+    pool = self.pool
+    synced = []
+    def exact(p):
+      synced.append(steps.exact(p, pool))
+      return synced[-1]
+    self.history += protocol.evaluate_point(
+        point, params, is_laperm=self.is_laperm, is_sync=is_sync,
+        evaluate=lambda p: steps.evaluate(p, batch_stats), exact=exact,
+        epoch=point / pipe.steps_per_epoch, train_loss=train_loss)
+    if tracked:
+      acc_before, _ = steps.evaluate(pre_sync, batch_stats)
+      frac, created, removed, nonzero = steps.sync_change(self.prev_exact,
+                                                          synced[0])
+      self.sync_records.append(dict(
+          step=point, acc_before=acc_before,
+          acc_after=self.history[-1]['test_accuracy'],
+          changed_fraction=float(frac), created=int(created),
+          removed=int(removed), nonzero=int(nonzero)))
+      self.prev_exact = synced[0]
 
-  params, batch_stats, opt_state = carry
+
+def _result(cfg, pipe, steps, loop, params0, mask, mesh,
+            wall_time) -> RunResult:
+  """The results.json content and the final weights of a finished loop."""
+  from experiments import provenance  # pylint: disable=import-outside-toplevel
+  is_laperm = loop.is_laperm
+  params, batch_stats, _ = loop.carry
+  history = loop.history
+  flags = jax.tree.leaves(mask)
+  within_bound = trained_permutation = None
   if is_laperm:
-    final_params = exact(params, pool)
+    final_params = steps.exact(params, loop.pool)
     deviation = max(float(jnp.max(jnp.abs(a - b))) for a, b, f in zip(
-        jax.tree.leaves(params), jax.tree.leaves(final_params),
-        jax.tree.leaves(mask)) if f)
+        jax.tree.leaves(params), jax.tree.leaves(final_params), flags) if f)
     library_check = all(bool(x) for x in jax.tree.leaves(
-        laperm_jax.is_permutation_of_pool(final_params, pool)))
+        laperm_jax.is_permutation_of_pool(final_params, loop.pool)))
+    trained_permutation = all(bool(x) for x in jax.tree.leaves(
+        laperm_jax.is_permutation_of_pool(params, loop.pool)))
+    if loop.before_last_sync is not None:
+      pick = lambda tree: [np.asarray(x) for x, f in zip(jax.tree.leaves(tree),
+                                                         flags) if f]
+      within_bound = protocol.within_sync_bound(
+          pick(params), pick(final_params), pick(loop.before_last_sync))
   else:
     final_params, deviation, library_check = params, None, None
   final_params = to_host(final_params)
-  selectable = [h for h in history if h['after_sync'] or not is_laperm]
-  best = max(selectable, key=lambda h: h['test_accuracy'])
+  best = protocol.select_best(history, is_laperm)
+  total = pipe.total_steps
   n_reconnected = int(sum(np.size(p) for p, f in zip(
-      jax.tree.leaves(params0), jax.tree.leaves(mask)) if f))
+      jax.tree.leaves(params0), flags) if f))
   n_zero0 = int(sum(np.sum(p == 0) for p, f in zip(
-      jax.tree.leaves(params0), jax.tree.leaves(mask)) if f))
+      jax.tree.leaves(params0), flags) if f))
   results = dict(
       final_test_accuracy=history[-1]['test_accuracy'],
-      initial_test_accuracy=initial_accuracy,
+      initial_test_accuracy=loop.initial_accuracy,
       best_test_accuracy=best['test_accuracy'],
       best_step=best['step'],
-      best_selection=('max test accuracy over the evaluations right after '
-                      'a sync (test-set selection: optimistic; the final '
-                      'accuracy is the unbiased figure)' if is_laperm else
-                      'max test accuracy over all evaluations, held at the '
-                      'same steps as the LaPerm run (test-set selection: '
-                      'optimistic)'),
+      best_selection=protocol.best_selection_note(is_laperm),
       exact_permutation=exact_permutation_check(final_params, params0, mask),
       exact_permutation_library=library_check,
       max_abs_change_by_final_exact_sync=deviation,
+      # The trained weights themselves, before the final exact reconnect:
+      # exact pool values (rarely: p + (q - p) rounds), and within the
+      # documented bound of one ulp of max(|p|, |q|) when the last step was
+      # a sync (None when it was not: then Adam moved them off the pool).
+      trained_params_exact_permutation=trained_permutation,
+      trained_params_within_sync_bound=within_bound,
       history=history,
-      sync_records=sync_records,
-      config=dict(dataclasses.asdict(cfg), k_steps=k,
+      sync_records=loop.sync_records,
+      config=dict(dataclasses.asdict(cfg), k_steps=pipe.k,
                   steps_per_epoch=pipe.steps_per_epoch, total_steps=total,
                   eval_interval=pipe.eval_interval,
                   permute_biases_effective=bool(any(
-                      f for p, f in zip(jax.tree.leaves(params0),
-                                        jax.tree.leaves(mask))
+                      f for p, f in zip(jax.tree.leaves(params0), flags)
                       if np.ndim(p) == 1))),
       dataset=dict(name=pipe.dataset.name, source=pipe.dataset.source,
                    n_train=int(len(pipe.dataset.y_train)), n_test=pipe.n_test,
@@ -583,12 +691,13 @@ def run(cfg: RunConfig, dataset: data_lib.Dataset | None = None,
       initial_zero_fraction_reconnected=(n_zero0 / n_reconnected
                                          if n_reconnected else 0.0),
       mesh=mesh.describe() if mesh is not None else None,
-      stopped_early=stopped_early,
-      wall_time_s=time.time() - start_time,
-      train_time_s=train_time,
+      stopped_early=loop.stopped_early,
+      wall_time_s=wall_time,
+      train_time_s=loop.train_time,
       backend=jax.default_backend(),
       versions=dict(jax=jax.__version__, optax=optax.__version__,
                     laperm_jax=getattr(laperm_jax, '__version__', None)),
+      provenance=provenance.collect(),
   )
   return RunResult(cfg, results, params0, final_params, to_host(batch_stats),
-                   mask, evaluate, sync_records)
+                   mask, steps.evaluate, loop.sync_records)

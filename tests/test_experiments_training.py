@@ -37,6 +37,14 @@ def test_evaluations_follow_syncs_and_final_is_post_sync(laperm_run):
   assert res['exact_permutation_library'] is True
   # Three Adam steps after the last sync: the explicit final sync moves them.
   assert res['max_abs_change_by_final_exact_sync'] > 0
+  assert res['trained_params_exact_permutation'] is False
+  assert res['trained_params_within_sync_bound'] is None  # no sync at the end
+  prov = res['provenance']
+  assert prov['machine']['backend'] == jax.default_backend()
+  assert prov['versions']['jax'] == jax.__version__
+  if prov['git'] is not None:  # None outside a git checkout
+    assert len(prov['git']['commit']) == 40
+    assert isinstance(prov['git']['dirty'], bool)
 
 
 def test_adam_baseline_is_the_same_pipeline(laperm_run):
@@ -67,6 +75,7 @@ def test_sparse_init_keeps_the_zero_count():
   assert res['exact_permutation']
   # Ends on a sync step: the trained weights are the pool up to rounding.
   assert res['max_abs_change_by_final_exact_sync'] < 1e-6
+  assert res['trained_params_within_sync_bound'] is True
 
 
 def test_shared_init_values_and_sync_tracking():

@@ -82,3 +82,28 @@ def test_each_platform_runs_its_documented_variant(platform):
       ranking.VARIANTS)
   # ... and the automatic choice is the documented one.
   assert lowered(None) == by_variant[ranking.VARIANT_BY_PLATFORM[platform]]
+
+
+@pytest.mark.parametrize('platform', PLATFORMS)
+def test_a_forced_variant_is_the_one_each_platform_runs(platform,
+                                                         monkeypatch):
+  rows = jnp.zeros((4, 300), jnp.float32)
+
+  def lowered(variant):
+    # A fresh function per call: the variable is read when jit traces.
+    fn = jax.jit(lambda c, p: ranking.reconnect_rows(c, p, variant=variant))
+    return signature(export.export(fn, platforms=(platform,))(
+        rows, rows).mlir_module())
+
+  def direct(variant):  # the variant's own code, not through the dispatch
+    fn = jax.jit(lambda c, p: ranking._PLACE[variant](  # pylint: disable=protected-access
+        ranking._ORDER[variant](c), p))  # pylint: disable=protected-access
+    return signature(export.export(fn, platforms=(platform,))(
+        rows, rows).mlir_module())
+
+  by_variant = {variant: direct(variant) for variant in ranking.VARIANTS}
+  assert len({tuple(s.values()) for s in by_variant.values()}) == len(
+      ranking.VARIANTS)
+  for forced in ranking.VARIANTS:
+    monkeypatch.setenv(ranking.ENV_VARIABLE, forced)
+    assert lowered(None) == by_variant[forced], (platform, forced)

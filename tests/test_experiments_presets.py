@@ -1,0 +1,98 @@
+"""Every preset trains a few steps in CI, so that a broken preset fails here.
+
+Each preset runs through the CLI's parsing (its values as defaults) on tiny
+fake data of its dataset's shape: a couple of steps, a sync, an evaluation.
+The README's main command runs for real (a few steps) in a subprocess.
+"""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip('mlxtend', reason='needs the experiments extra')
+
+from experiments import cli  # pylint: disable=wrong-import-position
+from experiments import data  # pylint: disable=wrong-import-position
+from experiments import presets  # pylint: disable=wrong-import-position
+from experiments import train  # pylint: disable=wrong-import-position
+from experiments import training  # pylint: disable=wrong-import-position
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPES = {'cifar10': (32, 32, 3)}
+
+
+def fake_dataset(name):
+  shape = SHAPES.get(name, (28, 28, 1))
+  rng = np.random.default_rng(0)
+  return data.Dataset(
+      name, rng.integers(0, 256, (16,) + shape, dtype=np.uint8),
+      np.arange(16, dtype=np.int32) % 10,
+      rng.integers(0, 256, (8,) + shape, dtype=np.uint8),
+      np.arange(8, dtype=np.int32) % 10, 10, 255.0, 'fake')
+
+
+# One real run per model family that is cheap on CPU; every preset (ResNet50
+# and Conv13 included, whose CPU compile alone takes a minute) is traced.
+# LeNet runs for real in the README command below (and F1 in the resume tests).
+RUN = ('cpu_conv7_mnist5k', 'paper_conv2_cifar10', 'paper_f2_mnist')
+
+
+def small_config(preset):
+  args = cli.parse(train.build_parser(), ['--preset', preset])
+  cfg = cli.config_from_args(args, optimizer='laperm')
+  expected = presets.PRESETS[preset]
+  for field, value in expected.items():  # the preset reached the config
+    got = getattr(cfg, field)
+    assert got == value or [got] == value, (field, got, value)
+  return training.RunConfig(**dict(
+      vars(cfg), batch_size=2, k='1', max_steps=2, eval_batch_size=8,
+      time_limit_s=None))
+
+
+@pytest.mark.parametrize('preset', sorted(presets.PRESETS))
+def test_preset_traces_a_training_step_and_an_evaluation(preset):
+  cfg = small_config(preset)
+  pipe = training.Pipeline(cfg, fake_dataset(cfg.dataset))
+
+  def init_and_step():
+    params, batch_stats, mask = pipe.init_variables()
+    inner, tx = pipe.make_optimizer(mask)
+    carry = (params, batch_stats, tx.init(params))
+    steps = training.Steps(pipe, cfg, tx, inner, mask, params, batch_stats)
+    idx = jnp.asarray(pipe.batch_indices(0, 1)[0])
+    carry, loss = steps._single_step(  # pylint: disable=protected-access
+        carry, idx, jnp.int32(1), pipe.x_train, pipe.y_train)
+    correct, _ = steps._evaluate_jit(  # pylint: disable=protected-access
+        steps.exact(carry[0], carry[2].pool), carry[1], pipe.x_test,
+        pipe.y_test, pipe.valid)
+    return loss, correct
+
+  loss, correct = jax.eval_shape(init_and_step)
+  assert loss.shape == () and correct.shape == ()
+
+
+@pytest.mark.parametrize('preset', RUN)
+def test_preset_trains_a_few_steps(preset):
+  cfg = small_config(preset)
+  result = training.run(cfg, fake_dataset(cfg.dataset), progress=False)
+  res = result.results
+  assert [h['step'] for h in res['history']] == [2]
+  assert res['exact_permutation'] is True
+  assert res['trained_params_within_sync_bound'] is True
+  assert np.isfinite(res['history'][-1]['test_loss'])
+
+
+def test_the_readme_main_command_runs(tmp_path):
+  # `python -m experiments.train` with its defaults, cut to 20 steps.
+  proc = subprocess.run(
+      [sys.executable, '-m', 'experiments.train', '--max-steps', '20',
+       '--no-progress', '--out', str(tmp_path / 'default')], cwd=ROOT,
+      capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'LaPerm - Adam (final)' in proc.stdout
+  assert (tmp_path / 'default' / 'laperm' / 'results.json').exists()

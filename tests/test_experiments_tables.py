@@ -1,0 +1,36 @@
+"""RESULTS.md's tables are what the committed result files say."""
+
+import json
+import shutil
+
+from experiments import tables
+
+
+def test_every_results_md_table_matches_its_files():
+  with open(tables.RESULTS_MD, encoding='utf-8') as f:
+    text = f.read()
+  diffs = tables.differences(text, tables.Files())
+  assert not diffs, ('RESULTS.md disagrees with experiments/results; run '
+                     '`python -m experiments.tables`:\n' + '\n'.join(diffs))
+
+
+def test_the_check_fails_on_an_edited_number_or_file(tmp_path):
+  with open(tables.RESULTS_MD, encoding='utf-8') as f:
+    text = f.read()
+  # A hand edit of one number in a table is caught ...
+  edited = text.replace('| 95.20 (95.40) | 95.40 (95.70) |',
+                        '| 95.30 (95.40) | 95.40 (95.70) |', 1)
+  assert edited != text
+  assert [d.split(':')[0] for d in tables.differences(
+      edited, tables.Files())] == ["table 'dense'"]
+  # ... and so is a result file that no longer says what the table says.
+  root = tmp_path / 'results'
+  shutil.copytree(tables.RESULTS_DIR, root,
+                  ignore=shutil.ignore_patterns('*.png'))
+  path = root / 'f1_mnist5k' / 'results.json'
+  res = json.loads(path.read_text())
+  res['final_test_accuracy'] += 0.001
+  path.write_text(json.dumps(res))
+  changed = {d.split(':')[0] for d in tables.differences(
+      text, tables.Files(str(root)))}
+  assert changed == {"table 'shared'", "table 'summary'"}
