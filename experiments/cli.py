@@ -72,6 +72,19 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
       help='stop at the first evaluation point after this much training '
       'time (results.json records where: stopped_early)')
   add('--no-progress', action='store_true', help='no progress bar')
+  # Issue 12: escaping the fixed point of shared-value {0, w} networks.
+  add('--val-split', type=float, default=0.0, metavar='FRACTION',
+      help='carve a stratified validation set of this fraction from the '
+      'training set (fixed seed) and evaluate on it instead of the test set: '
+      'for tuning; the test set is not touched')
+  add('--carry-residual', type=float, default=0.0, metavar='BETA',
+      help='laperm(carry_residual=BETA): rank candidate + residual at a '
+      'sync and keep BETA * (ranked - reconnected); 0 = the paper')
+  add('--reset-inner-state', action='store_true',
+      help='laperm(reset_inner_state=True): re-initialise Adam at each sync')
+  add('--inner', default='adam', choices=training.INNERS,
+      help='inner optimizer: adam (paper) | sgd | momentum (SGD, 0.9); '
+      '--lr is its learning rate')
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -120,7 +133,11 @@ def config_from_args(args, **overrides) -> training.RunConfig:
       max_steps=args.max_steps, train_subset=args.train_subset,
       test_subset=args.test_subset, data_source=args.data_source,
       data_dir=args.data_dir, track_syncs=args.track_syncs,
-      scan=args.scan, time_limit_s=args.time_limit)
+      scan=args.scan, time_limit_s=args.time_limit,
+      val_split=getattr(args, 'val_split', 0.0),
+      carry_residual=getattr(args, 'carry_residual', 0.0),
+      reset_inner_state=getattr(args, 'reset_inner_state', False),
+      inner=getattr(args, 'inner', 'adam'))
   return dataclasses.replace(cfg, **overrides)
 
 

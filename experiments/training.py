@@ -46,6 +46,7 @@ PREPROCESSING = ('scale', 'raw', 'mean')
 INITS = ('default', 'sparse', 'shared')
 OPTIMIZERS = ('laperm', 'adam')
 DECAY_SCOPES = ('kernels', 'conv', 'hidden')
+INNERS = ('adam', 'sgd', 'momentum')
 
 
 @dataclasses.dataclass
@@ -82,6 +83,11 @@ class RunConfig:
   scan: str = 'auto'  # on | off | auto: lax.scan over steps, except for conv
                       # models on CPU (XLA:CPU runs convs ~20x slower inside
                       # a while loop; there a jitted step per call is used)
+  val_split: float = 0.0  # > 0: evaluate on a validation set carved from the
+                          # training set (data.validation_split), not test
+  carry_residual: float = 0.0     # laperm(carry_residual=...)
+  reset_inner_state: bool = False  # laperm(reset_inner_state=...)
+  inner: str = 'adam'             # adam | sgd | momentum (SGD, 0.9)
 
 
 def parse_k(k, steps_per_epoch: int) -> int:
@@ -189,6 +195,7 @@ class Pipeline:
       raise ValueError(f'unknown model {cfg.model!r}')
     for value, allowed, what in ((cfg.optimizer, OPTIMIZERS, 'optimizer'),
                                  (cfg.init, INITS, 'init'),
+                                 (cfg.inner, INNERS, 'inner'),
                                  (cfg.preprocess, PREPROCESSING, 'preprocess'),
                                  (cfg.weight_decay_scope, DECAY_SCOPES,
                                   'weight_decay_scope'),
@@ -200,6 +207,8 @@ class Pipeline:
     if dataset is None:
       dataset = data_lib.load(cfg.dataset, cfg.data_source, cfg.data_dir)
     self.dataset = dataset.subset(cfg.train_subset, cfg.test_subset, cfg.seed)
+    if cfg.val_split:
+      self.dataset = data_lib.validation_split(self.dataset, cfg.val_split)
     ds = self.dataset
     self.spec = models_lib.MODELS[cfg.model]
     if min(ds.image_shape[:2]) < self.spec.min_hw:
@@ -284,10 +293,16 @@ class Pipeline:
 
   # -- optimiser -----------------------------------------------------------
   def make_optimizer(self, mask):
-    inner = optax.adam(make_schedule(self.cfg, self.steps_per_epoch),
-                       b1=0.9, b2=0.999, eps=1e-7)
+    lr = make_schedule(self.cfg, self.steps_per_epoch)
+    if self.cfg.inner == 'adam':
+      inner = optax.adam(lr, b1=0.9, b2=0.999, eps=1e-7)
+    else:
+      inner = optax.sgd(lr, momentum=0.9 if self.cfg.inner == 'momentum'
+                        else None)
     if self.cfg.optimizer == 'laperm':
-      return inner, laperm_jax.laperm(inner, self.k, mask=mask)
+      return inner, laperm_jax.laperm(
+          inner, self.k, mask=mask, carry_residual=self.cfg.carry_residual,
+          reset_inner_state=self.cfg.reset_inner_state)
     return inner, inner
 
   # -- batches -------------------------------------------------------------
