@@ -82,8 +82,13 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
       'sync and keep BETA * (ranked - reconnected); 0 = the paper')
   add('--reset-inner-state', action='store_true',
       help='laperm(reset_inner_state=True): re-initialise Adam at each sync')
+  add('--logit-scale', type=float, default=1.0, metavar='S',
+      help='train on the cross-entropy of S * logits (a loss temperature: '
+      'the network and its accuracy are unchanged; the recorded train loss '
+      'is the scaled one)')
   add('--inner', default='adam', choices=training.INNERS,
-      help='inner optimizer: adam (paper) | sgd | momentum (SGD, 0.9); '
+      help='inner optimizer: adam (paper) | sgd | momentum (SGD, 0.9) | '
+      'lars (momentum 0.9, each leaf\'s step scaled to lr*|params|/|grads|); '
       '--lr is its learning rate')
 
 
@@ -137,7 +142,8 @@ def config_from_args(args, **overrides) -> training.RunConfig:
       val_split=getattr(args, 'val_split', 0.0),
       carry_residual=getattr(args, 'carry_residual', 0.0),
       reset_inner_state=getattr(args, 'reset_inner_state', False),
-      inner=getattr(args, 'inner', 'adam'))
+      inner=getattr(args, 'inner', 'adam'),
+      logit_scale=getattr(args, 'logit_scale', 1.0))
   return dataclasses.replace(cfg, **overrides)
 
 

@@ -46,7 +46,7 @@ PREPROCESSING = ('scale', 'raw', 'mean')
 INITS = ('default', 'sparse', 'shared')
 OPTIMIZERS = ('laperm', 'adam')
 DECAY_SCOPES = ('kernels', 'conv', 'hidden')
-INNERS = ('adam', 'sgd', 'momentum')
+INNERS = ('adam', 'sgd', 'momentum', 'lars')
 
 
 @dataclasses.dataclass
@@ -87,7 +87,10 @@ class RunConfig:
                           # training set (data.validation_split), not test
   carry_residual: float = 0.0     # laperm(carry_residual=...)
   reset_inner_state: bool = False  # laperm(reset_inner_state=...)
-  inner: str = 'adam'             # adam | sgd | momentum (SGD, 0.9)
+  logit_scale: float = 1.0  # training loss = CE(logit_scale * logits); the
+                            # network and its accuracy are unchanged
+  inner: str = 'adam'  # adam | sgd | momentum (SGD, 0.9) | lars (SGD, 0.9,
+                       # steps scaled per leaf to lr * |params| / |grads|)
 
 
 def parse_k(k, steps_per_epoch: int) -> int:
@@ -296,6 +299,8 @@ class Pipeline:
     lr = make_schedule(self.cfg, self.steps_per_epoch)
     if self.cfg.inner == 'adam':
       inner = optax.adam(lr, b1=0.9, b2=0.999, eps=1e-7)
+    elif self.cfg.inner == 'lars':  # per-leaf trust ratio, momentum 0.9
+      inner = optax.lars(lr, trust_coefficient=1.0)
     else:
       inner = optax.sgd(lr, momentum=0.9 if self.cfg.inner == 'momentum'
                         else None)
@@ -351,6 +356,8 @@ def run(cfg: RunConfig, dataset: data_lib.Dataset | None = None,
     logits, new_vars = model.apply(
         variables, x, train=True, rngs={'dropout': key},
         mutable=['batch_stats'] if has_bn else [])
+    if cfg.logit_scale != 1.0:  # a loss temperature; accuracy is unchanged
+      logits = logits * cfg.logit_scale
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     loss = ce
     if wd:
