@@ -55,7 +55,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   runs = {}
   for item in args.runs:
-    label, run_dir = item.split('=', 1)
+    label, run_dir = item.rsplit('=', 1)
     with open(os.path.join(run_dir, 'results.json')) as f:
       records = json.load(f).get('sync_records') or []
     if not records:

@@ -30,9 +30,10 @@ _F2 = dict(model='f2', batch_size=128, lr=1e-3, lr_schedule='exp:0.95',
 # follows the gradient's) with k = 10 and the whole residual carried, so the
 # ranking sees the sum of all pushes since init. F2: LARS steps (momentum SGD
 # scaled per layer to lr * |W| / |g|: gradient magnitudes kept within a
-# layer, the 100x spread between layers removed) with half the residual.
+# layer, the 100x spread between layers removed), k = 10, and 0.9 of the
+# residual carried (a memory of about ten periods).
 _F1_BEST = dict(inner='momentum', lr=0.1, k='10', carry_residual=1.0)
-_F2_BEST = dict(inner='lars', lr=0.01, carry_residual=0.5)
+_F2_BEST = dict(inner='lars', lr=0.1, k='10', carry_residual=0.9)
 
 PRESETS: dict[str, dict] = {
     # --- the published configurations (for Colab TPU / GPU) ---------------
@@ -76,7 +77,7 @@ PRESETS: dict[str, dict] = {
     'cpu_f2_mnist5k_best': dict(_F2, dataset='mnist5k', epochs=375,
                                 lr_schedule='exp:0.9966', **_F2_BEST),
     'cpu_f1_fashion_best': dict(_F1, dataset='fashion_mnist', epochs=10,
-                                **_F1_BEST),
+                                **dict(_F1_BEST, lr=0.01)),
     'cpu_f2_fashion_best': dict(_F2, dataset='fashion_mnist', epochs=25,
                                 **_F2_BEST),
     # The paper's Conv7 configuration on Fashion-MNIST, for a GPU
