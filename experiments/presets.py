@@ -79,7 +79,8 @@ PRESETS: dict[str, dict] = {
     'cpu_f1_fashion_best': dict(_F1, dataset='fashion_mnist', epochs=10,
                                 **dict(_F1_BEST, lr=0.01)),
     'cpu_f2_fashion_best': dict(_F2, dataset='fashion_mnist', epochs=25,
-                                **_F2_BEST),
+                                **dict(_F2_BEST, lr=0.01, k='250',
+                                       carry_residual=0.5)),
     # The paper's Conv7 configuration on Fashion-MNIST, for a GPU
     # (benchmarks/gpu.py runs it beside Adam).
     'gpu_conv7_fashion': dict(_CONV7, dataset='fashion_mnist', epochs=45,
