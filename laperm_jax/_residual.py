@@ -33,13 +33,36 @@ import optax
 from laperm_jax import _pool
 
 
-def validate(carry_residual) -> float:
-  """The carry as a Python float in [0, 1]; raises otherwise."""
-  if isinstance(carry_residual, (bool, np.bool_)) or not isinstance(
-      carry_residual, (int, float, np.integer, np.floating)):
+def validate(carry_residual):
+  """The carry, or None when it is off (None or 0: the paper's sync).
+
+  A Python number must be in [0, 1] and comes back as a float. A scalar
+  array (e.g. from ``optax.inject_hyperparams``) turns the carry on with a
+  value that may change between calls; it is range-checked only when it is
+  concrete (a tracer passes unchecked).
+  """
+  if carry_residual is None:
+    return None
+  if isinstance(carry_residual, (bool, np.bool_)):
     raise TypeError('carry_residual must be a number in [0, 1], got '
                     f'{carry_residual!r}.')
-  value = float(carry_residual)
+  if isinstance(carry_residual, jax.core.Tracer):
+    return carry_residual
+  if isinstance(carry_residual, (np.ndarray, jax.Array)):
+    if carry_residual.shape != () or not jnp.issubdtype(
+        carry_residual.dtype, jnp.floating):
+      raise TypeError('carry_residual must be a number in [0, 1] or a float '
+                      f'scalar array, got {carry_residual!r}.')
+    _check_range(float(carry_residual))
+    return carry_residual
+  if not isinstance(carry_residual, (int, float, np.integer, np.floating)):
+    raise TypeError('carry_residual must be a number in [0, 1], got '
+                    f'{carry_residual!r}.')
+  value = _check_range(float(carry_residual))
+  return value or None
+
+
+def _check_range(value: float) -> float:
   if not 0.0 <= value <= 1.0:
     raise ValueError(f'carry_residual must be in [0, 1], got {value}: 0 is '
                      "the paper's sync, 1 keeps the whole residual.")
@@ -70,14 +93,13 @@ def carried(key_leaves, reconnected_leaves, residual_leaves, beta: float):
           for k, q, r in zip(key_leaves, reconnected_leaves, residual_leaves)]
 
 
-def aligned(residual, treedef, n_leaves: int):
+def aligned(residual, n_leaves: int):
   """The residual tree as a list aligned with params' leaves (None = none)."""
   leaves = jax.tree.leaves(residual, is_leaf=_pool.is_masked)
   if len(leaves) != n_leaves:
     raise ValueError('the residual does not match the params structure; '
                      'restore the state against jax.eval_shape(tx.init, '
                      'params).')
-  del treedef
   return [None if _pool.is_masked(r) else r for r in leaves]
 
 

@@ -140,7 +140,7 @@ def laperm(
     vector_axes=None,
     reset_inner_state: bool = False,
     track_changes: bool = False,
-    carry_residual: float = 0.0,
+    carry_residual: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """LaPerm: an inner optimizer plus a reconnection of weights every k steps.
 
@@ -170,7 +170,8 @@ def laperm(
       counting. Off by default: the paper keeps the state.
     track_changes: keep :class:`SyncChanges` in the state (one more copy of
       the reconnected params), computed on sync steps only.
-    carry_residual: ``beta`` in [0, 1]. 0 (default) is the paper's sync.
+    carry_residual: ``beta`` in [0, 1]. None (default) or 0 is the paper's
+      sync.
       Otherwise a sync ranks ``params + inner_updates + residual``, and keeps
       ``residual = beta * (ranked - reconnected)``: what the sync rounded off
       is remembered by the next ranking (error feedback), so weights pushed
@@ -222,7 +223,7 @@ def laperm(
         inner_state=inner.init(params),
         pool=pool,
         changes=changes,
-        residual=(_residual.init(pool, params) if beta else
+        residual=(_residual.init(pool, params) if beta is not None else
                   optax.EmptyState()),
     )
 
@@ -266,12 +267,12 @@ def laperm(
       by_index = dict(zip(picked, picked_updates))
       c_leaves = [jnp.asarray(p + by_index[i]).astype(jnp.result_type(p))
                   if i in by_index else p for i, p in enumerate(p_leaves)]
-      if beta:
-        r_leaves = _residual.aligned(residual, treedef, len(p_leaves))
+      if beta is not None:
+        r_leaves = _residual.aligned(residual, len(p_leaves))
         c_leaves = _residual.ranking_keys(c_leaves, r_leaves)
       candidate = jax.tree.unflatten(treedef, c_leaves)
       q_leaves = treedef.flatten_up_to(_pool.reconnect(candidate, pool))
-      if beta:
+      if beta is not None:
         residual = _residual.rebuilt(treedef, _residual.carried(
             c_leaves, q_leaves, r_leaves, beta))
       new_picked = []
@@ -307,8 +308,8 @@ def laperm(
         state.pool, inner_state if reset_inner_state else empty,
         inner_updates if reset_inner_state else empty,
         state.changes if track_changes else empty,
-        state.residual if beta else empty)
-    if not beta:
+        state.residual if beta is not None else empty)
+    if beta is None:
       residual = state.residual
     if reset_inner_state:
       inner_state = cond_inner_state

@@ -131,9 +131,27 @@ def test_jit_eval_shape_and_check_state():
   laperm_jax.check_state(tx, state, params)
 
 
+def test_inject_hyperparams_makes_the_carry_a_state_value():
+  params, grads_seq = make_params(), make_grads(6)
+  make = optax.inject_hyperparams(laperm_jax.laperm, static_args=('inner',))
+  injected = make(optax.adam(0.05), sync_period=2, carry_residual=0.5)
+  got = run_laperm(injected, params, grads_seq)
+  want = run_laperm(laperm_jax.laperm(optax.adam(0.05), 2,
+                                      carry_residual=0.5), params, grads_seq)
+  for (a, _), (b, _) in zip(got, want):
+    for key in params:
+      np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7)
+  # Without the argument nothing is injected and no residual is kept.
+  plain = make(optax.adam(0.05), sync_period=2).init(
+      {k: jnp.asarray(v) for k, v in params.items()})
+  assert 'carry_residual' not in plain.hyperparams
+  assert isinstance(plain.inner_state.residual, optax.EmptyState)
+
+
 @pytest.mark.parametrize('bad, error', [
     (-0.1, ValueError), (1.5, ValueError), (True, TypeError),
-    ('0.5', TypeError), (None, TypeError)])
+    ('0.5', TypeError), (jnp.ones(2), TypeError),
+    (jnp.asarray(2.0), ValueError)])
 def test_invalid_carry_residual(bad, error):
   with pytest.raises(error, match='carry_residual'):
     laperm_jax.laperm(optax.adam(1e-3), 2, carry_residual=bad)
