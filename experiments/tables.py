@@ -286,7 +286,7 @@ def gpu_conv7_row() -> list[str]:
     if eq:
       met = 'yes' if eq['laperm_minus_adam_pt'] >= -0.5 else 'no'
       return [f'Conv7 on Fashion-MNIST, the paper\'s {eq["epochs"]:g} epochs on '
-              'a GPU (H200, §8), LaPerm within 0.5 pt of Adam',
+              'a GPU (H200, §9), LaPerm within 0.5 pt of Adam',
               f'{signed(eq["laperm_minus_adam_pt"])} pt ({pct(eq["laperm"])}% '
               f'vs {pct(eq["adam"])}%, one seed)', met]
   raise FileNotFoundError('no GPU Conv7 run under benchmarks/results')

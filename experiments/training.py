@@ -47,6 +47,7 @@ PREPROCESSING = ('scale', 'raw', 'mean')
 INITS = ('default', 'sparse', 'shared')
 OPTIMIZERS = ('laperm', 'adam')
 DECAY_SCOPES = ('kernels', 'conv', 'hidden')
+INNERS = ('adam', 'sgd', 'momentum', 'lars')
 
 
 def _flag(default, help_text: str, **argparse_kwargs):
@@ -118,6 +119,27 @@ class RunConfig:
       None, 'stop at the first evaluation point after this much training '
       'time (results.json records where: stopped_early)', type=float,
       flag='--time-limit', metavar='SECONDS')
+  # Issue 12: escaping the fixed point of shared-value {0, w} networks.
+  val_split: float = _flag(
+      0.0, 'carve a stratified validation set of this fraction from the '
+      'training set (fixed seed) and evaluate on it instead of the test set: '
+      'for tuning; the test set is not touched', type=float,
+      metavar='FRACTION')
+  carry_residual: float = _flag(
+      0.0, 'laperm(carry_residual=BETA): rank candidate + residual at a sync '
+      'and keep BETA * (ranked - reconnected); 0 = the paper', type=float,
+      metavar='BETA')
+  reset_inner_state: bool = _flag(
+      False, 'laperm(reset_inner_state=True): re-initialise the inner '
+      'optimizer at each sync')
+  logit_scale: float = _flag(
+      1.0, 'train on the cross-entropy of S * logits (a loss temperature: the '
+      'network and its accuracy are unchanged; the recorded train loss is the '
+      'scaled one)', type=float, metavar='S')
+  inner: str = _flag(
+      'adam', "inner optimizer: adam (paper) | sgd | momentum (SGD, 0.9) | "
+      "lars (momentum 0.9, each leaf's step scaled to lr*|params|/|grads|); "
+      '--lr is its learning rate', choices=INNERS)
   scan: str = _flag(
       'auto', 'lax.scan over the steps between evaluations (auto: not for '
       'conv models on CPU, where XLA runs convs ~20x slower inside a loop; '
@@ -233,6 +255,7 @@ class Pipeline:
       raise ValueError(f'unknown model {cfg.model!r}')
     for value, allowed, what in ((cfg.optimizer, OPTIMIZERS, 'optimizer'),
                                  (cfg.init, INITS, 'init'),
+                                 (cfg.inner, INNERS, 'inner'),
                                  (cfg.preprocess, PREPROCESSING, 'preprocess'),
                                  (cfg.weight_decay_scope, DECAY_SCOPES,
                                   'weight_decay_scope'),
@@ -244,6 +267,8 @@ class Pipeline:
     if dataset is None:
       dataset = data_lib.load(cfg.dataset, cfg.data_source, cfg.data_dir)
     self.dataset = dataset.subset(cfg.train_subset, cfg.test_subset, cfg.seed)
+    if cfg.val_split:
+      self.dataset = data_lib.validation_split(self.dataset, cfg.val_split)
     ds = self.dataset
     self.spec = models_lib.MODELS[cfg.model]
     if min(ds.image_shape[:2]) < self.spec.min_hw:
@@ -328,10 +353,18 @@ class Pipeline:
 
   # -- optimiser -----------------------------------------------------------
   def make_optimizer(self, mask):
-    inner = optax.adam(make_schedule(self.cfg, self.steps_per_epoch),
-                       b1=0.9, b2=0.999, eps=1e-7)
+    lr = make_schedule(self.cfg, self.steps_per_epoch)
+    if self.cfg.inner == 'adam':
+      inner = optax.adam(lr, b1=0.9, b2=0.999, eps=1e-7)
+    elif self.cfg.inner == 'lars':  # per-leaf trust ratio, momentum 0.9
+      inner = optax.lars(lr, trust_coefficient=1.0)
+    else:
+      inner = optax.sgd(lr, momentum=0.9 if self.cfg.inner == 'momentum'
+                        else None)
     if self.cfg.optimizer == 'laperm':
-      return inner, laperm_jax.laperm(inner, self.k, mask=mask)
+      return inner, laperm_jax.laperm(
+          inner, self.k, mask=mask, carry_residual=self.cfg.carry_residual,
+          reset_inner_state=self.cfg.reset_inner_state)
     return inner, inner
 
   # -- batches -------------------------------------------------------------
@@ -370,6 +403,8 @@ class Steps:
       logits, new_vars = model.apply(
           variables, x, train=True, rngs={'dropout': key},
           mutable=['batch_stats'] if has_bn else [])
+      if cfg.logit_scale != 1.0:  # a loss temperature; accuracy unchanged
+        logits = logits * cfg.logit_scale
       ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
       loss = ce
       if wd:

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 
 from laperm_jax import _pool
+from laperm_jax import _residual
 
 SyncPeriod = int | jax.Array | Callable[[jax.Array], jax.Array | int]
 
@@ -47,6 +48,9 @@ class LaPermState(NamedTuple):
       ``optax.MaskedNode()`` for leaves that are not reconnected.
     changes: a :class:`SyncChanges` with ``track_changes=True``, else
       ``optax.EmptyState()``.
+    residual: with ``carry_residual > 0``, per reconnected leaf the residual
+      the next sync adds to the candidate before ranking (``MaskedNode`` for
+      leaves without pool); else ``optax.EmptyState()``.
 
   Example:
     >>> import jax.numpy as jnp, optax
@@ -64,6 +68,7 @@ class LaPermState(NamedTuple):
   inner_state: optax.OptState
   pool: optax.Params
   changes: SyncChanges | optax.EmptyState = optax.EmptyState()
+  residual: optax.Params | optax.EmptyState = optax.EmptyState()
 
 
 def _validate_sync_period(sync_period) -> None:
@@ -146,6 +151,7 @@ def laperm(
     vector_axes=None,
     reset_inner_state: bool = False,
     track_changes: bool = False,
+    carry_residual: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """LaPerm: an inner optimizer plus a reconnection of weights every k steps.
 
@@ -175,6 +181,15 @@ def laperm(
       counting. Off by default: the paper keeps the state.
     track_changes: keep :class:`SyncChanges` in the state (one more copy of
       the reconnected params), computed on sync steps only.
+    carry_residual: ``beta`` in [0, 1]. None (default) or 0 is the paper's
+      sync.
+      Otherwise a sync ranks ``params + inner_updates + residual``, and keeps
+      ``residual = beta * (ranked - reconnected)``: what the sync rounded off
+      is remembered by the next ranking (error feedback), so weights pushed
+      the same way over several periods overtake even when one period's push
+      is smaller than the gap between pool values (shared-value ``{0, w}``
+      networks). The synced weights are still exact permutations of the
+      pool. One more copy of the reconnected params in the state.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -199,6 +214,7 @@ def laperm(
     Their Values <https://arxiv.org/abs/2003.02570>`_, NeurIPS 2020.
   """
   _validate_sync_period(sync_period)
+  beta = _residual.validate(carry_residual)
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params: optax.Params) -> LaPermState:
@@ -218,6 +234,8 @@ def laperm(
         inner_state=inner.init(params),
         pool=pool,
         changes=changes,
+        residual=(_residual.init(pool, params) if beta is not None else
+                  optax.EmptyState()),
     )
 
   def update_fn(updates: optax.Updates, state: LaPermState,
@@ -255,13 +273,19 @@ def laperm(
     # moments cost param-sized copies on every non-sync step (measured on an
     # H200, BENCHMARKS.md). The other leaves' updates bypass the cond.
     def sync(params, picked_updates, pool, inner_state, all_updates,
-             changes):
+             changes, residual):
       p_leaves = treedef.flatten_up_to(params)
       by_index = dict(zip(picked, picked_updates))
-      candidate = jax.tree.unflatten(treedef, [
-          jnp.asarray(p + by_index[i]).astype(jnp.result_type(p))
-          if i in by_index else p for i, p in enumerate(p_leaves)])
+      c_leaves = [jnp.asarray(p + by_index[i]).astype(jnp.result_type(p))
+                  if i in by_index else p for i, p in enumerate(p_leaves)]
+      if beta is not None:
+        r_leaves = _residual.aligned(residual, len(p_leaves))
+        c_leaves = _residual.ranking_keys(c_leaves, r_leaves)
+      candidate = jax.tree.unflatten(treedef, c_leaves)
       q_leaves = treedef.flatten_up_to(_pool.reconnect(candidate, pool))
+      if beta is not None:
+        residual = _residual.rebuilt(treedef, _residual.carried(
+            c_leaves, q_leaves, r_leaves, beta))
       new_picked = []
       for i, u in zip(picked, picked_updates):
         wide = widened(p_leaves[i], u)
@@ -279,21 +303,25 @@ def laperm(
             optax.MaskedNode() if entry is None else q
             for entry, q in zip(entries, q_leaves)])
         changes = _count_changes(pool, changes.previous, reconnected, changes)
-      return new_picked, inner_state, changes
+      return new_picked, inner_state, changes, residual
 
     def no_sync(params, picked_updates, pool, inner_state, all_updates,
-                changes):
+                changes, residual):
       del pool, all_updates
       p_leaves = treedef.flatten_up_to(params)
       return [jnp.asarray(u).astype(widened(p_leaves[i], u))
-              for i, u in zip(picked, picked_updates)], inner_state, changes
+              for i, u in zip(picked, picked_updates)], inner_state, changes, \
+          residual
 
     empty = ()
-    new_picked, cond_inner_state, changes = jax.lax.cond(
+    new_picked, cond_inner_state, changes, residual = jax.lax.cond(
         is_sync, sync, no_sync, params, [u_leaves[i] for i in picked],
         state.pool, inner_state if reset_inner_state else empty,
         inner_updates if reset_inner_state else empty,
-        state.changes if track_changes else empty)
+        state.changes if track_changes else empty,
+        state.residual if beta is not None else empty)
+    if beta is None:
+      residual = state.residual
     if reset_inner_state:
       inner_state = cond_inner_state
     if not track_changes:
@@ -308,6 +336,7 @@ def laperm(
         inner_state=inner_state,
         pool=state.pool,
         changes=changes,
+        residual=residual,
     )
     return new_updates, new_state
 

@@ -95,18 +95,22 @@ class Adam:
     return updates, (t, mu, nu)
 
 
-def trajectory(params, grads_seq, inner, k, reconnected):
+def trajectory(params, grads_seq, inner, k, reconnected, carry_residual=0.0):
   """Params after each step of LaPerm(inner) with constant period k.
 
   ``params`` and gradients are flat dicts of float32 arrays; ``reconnected``
   names the keys with a pool (default vector axes). Syncs follow the paper:
   on 1-based steps k, 2k, ...; the weights land on
   ``p + (reconnect(p + u) - p)`` as ``optax.apply_updates`` computes it.
+  With ``carry_residual`` = beta > 0 a sync ranks candidate + residual and
+  keeps residual = beta * (ranked - reconnected) (issue 12's error feedback).
   Returns a list of (params, synced) per step.
   """
   params = {key: np.asarray(v, np.float32) for key, v in params.items()}
   pools = {key: pool_of(params[key]) for key in reconnected}
   state = inner.init(params)
+  residual = {key: np.zeros_like(params[key]) for key in reconnected}
+  beta = np.float32(carry_residual)
   out = []
   for step, grads in enumerate(grads_seq, start=1):
     updates, state = inner.update(grads, state)
@@ -114,7 +118,11 @@ def trajectory(params, grads_seq, inner, k, reconnected):
     if synced:
       for key in reconnected:
         candidate = (params[key] + updates[key]).astype(np.float32)
+        if carry_residual:
+          candidate = (candidate + residual[key]).astype(np.float32)
         target = reconnect(candidate, pools[key])
+        if carry_residual:
+          residual[key] = (beta * (candidate - target)).astype(np.float32)
         updates[key] = (target - params[key]).astype(np.float32)
     params = {key: (params[key] + updates[key]).astype(np.float32)
               for key in params}
