@@ -27,6 +27,18 @@ class SyncChanges(NamedTuple):
       too small for any weight to overtake another.
     created: int32 scalar, reconnected weights that were 0 and are not.
     removed: int32 scalar, reconnected weights that were not 0 and are.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from laperm_jax import laperm
+    >>> params = {'w': jnp.array([[0., 1.], [2., 0.]])}
+    >>> tx = laperm(optax.sgd(1.0), sync_period=1, track_changes=True)
+    >>> state = tx.init(params)
+    >>> grads = {'w': jnp.array([[-5., 0.], [0., 0.]])}  # w[0, 0] overtakes
+    >>> updates, state = tx.update(grads, state, params)
+    >>> changes = state.changes
+    >>> float(changes.changed_fraction), int(changes.created), int(changes.removed)
+    (0.5, 1, 1)
   """
   previous: optax.Params
   changed_fraction: jax.Array
