@@ -30,7 +30,6 @@ and ``DIR/gpu.log``.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
@@ -113,23 +112,12 @@ def device_kernels(shapes, seed: int = 0):
 
 
 def part_reconnect(work: str, smoke: bool, only: str | None = None) -> None:
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
   from benchmarks import reconnect as rb
-  import laperm_jax
   from benchmarks import timing
   from laperm_jax import _ranking as ranking
 
   results = dict(models={}, variants=list(ranking.VARIANTS))
   path = os.path.join(work, 'reconnect.json')
-
-  @jax.jit
-  def same_bits(got, expected):
-    return jnp.stack([jnp.array_equal(
-        jax.lax.bitcast_convert_type(g, jnp.uint32),
-        jax.lax.bitcast_convert_type(e, jnp.uint32))
-                      for g, e in zip(got, expected)]).all()
 
   for name, shapes in reconnect_models(smoke).items():
     if only and not any(o in name for o in only.split(',')):
@@ -138,33 +126,10 @@ def part_reconnect(work: str, smoke: bool, only: str | None = None) -> None:
     size = sum(math.prod(s) for s in shapes)
     log(f'reconnect: {name}, {len(shapes)} kernels, {size:,} weights')
     current, pool = device_kernels(shapes)
-    rows, pool_rows = rb.rows_of(current), rb.rows_of(pool)
-    rows = jax.block_until_ready([r + 0 for r in rows])
-    pool_rows = jax.block_until_ready([p + 0 for p in pool_rows])
-    jitted = {'floor: int32 sort': (jax.jit(rb.floor), (rows,))}
-    for variant in ('auto',) + ranking.VARIANTS:
-      jitted[f'reconnect_rows[{variant}]'] = (
-          jax.jit(functools.partial(rb.reconnect_rows, variant=variant)),
-          (rows, pool_rows))
-    jitted['laperm_jax.reconnect (kernel layout)'] = (
-        jax.jit(lambda c, p: laperm_jax.reconnect(c, p)),
-        (current, pool))
-    jitted['jnp.argsort float + scatter'] = (
-        jax.jit(rb.argsort_float_scatter), (rows, pool_rows))
-    jitted['original formulation (JAX)'] = (
-        jax.jit(rb.original_jax), (rows, pool_rows))
-    to_rows = jax.jit(rb.rows_of)
-    expected = jitted['reconnect_rows[auto]'][0](rows, pool_rows)
-    checks = {}
-    for label, (fn, args) in jitted.items():
-      if label.startswith('floor'):
-        continue
-      got = fn(*args)
-      if 'kernel layout' in label:
-        got = to_rows(got)
-      checks[label] = bool(same_bits(got, expected))
-      del got
-    del expected
+    rows, pool_rows = rb.row_inputs(current, pool)
+    jitted = rb.jitted_contenders(current, pool, rows, pool_rows,
+                                  layout_experiment=False)
+    checks = rb.bit_identical_to_auto(jitted)
     contenders = {label: timing.blocking(fn, *args)
                   for label, (fn, args) in jitted.items()}
     rounds = 3 if size > 10**8 else 7 if size > 2 * 10**6 else 25

@@ -523,7 +523,6 @@ def run(cfg: RunConfig, dataset: data_lib.Dataset | None = None,
   """
   start_time = time.time()
   pipe = pipeline or Pipeline(cfg, dataset)
-  is_laperm = cfg.optimizer == 'laperm'
   params, batch_stats, mask = pipe.init_variables()
   params0 = to_host(params)
   inner, tx = pipe.make_optimizer(mask)
@@ -582,7 +581,7 @@ class _Loop:
                                 losses))
 
   def train(self, progress: bool) -> None:
-    cfg, pipe, steps = self.cfg, self.pipe, self.steps
+    cfg, pipe = self.cfg, self.pipe
     total, k = pipe.total_steps, pipe.k
     points = protocol.evaluation_points(
         total, k, pipe.eval_interval,

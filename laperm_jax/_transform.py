@@ -274,7 +274,6 @@ def laperm(
       # update rounded to bfloat16 could land thousands of ulps away).
       return jnp.promote_types(jnp.result_type(p), jnp.result_type(u))
 
-    p_leaves = treedef.flatten_up_to(params)
     u_leaves = treedef.flatten_up_to(inner_updates)
     picked = [i for i, entry in enumerate(entries) if entry is not None]
 
