@@ -194,12 +194,14 @@ def mlp_model(widths: tuple[int, ...]):
   return init, apply
 
 
-def part_train_step(work: str, smoke: bool) -> None:
+def part_train_step(work: str, smoke: bool, only: str | None = None
+                    ) -> None:
   import jax
   import jax.numpy as jnp
   import numpy as np
   import optax
   import laperm_jax
+  from benchmarks import previous
   from benchmarks import timing
   from benchmarks import train_step as ts
 
@@ -218,6 +220,9 @@ def part_train_step(work: str, smoke: bool) -> None:
   }
   if smoke:
     models = {k: v[:4] + (min(v[4], 20), 5) for k, v in models.items()}
+  if only:
+    models = {name: spec for name, spec in models.items()
+              if any(o in name for o in only.split(','))}
   results = {}
   adam = optax.adam(1e-3, eps=1e-7)
   for name, (init, apply, batch, in_shape, k, rounds) in models.items():
@@ -228,7 +233,8 @@ def part_train_step(work: str, smoke: bool) -> None:
     y = jnp.asarray(rng.integers(0, 10, batch), jnp.int32)
     txs = {'plain': adam,
            'laperm non-sync': laperm_jax.laperm(adam, sync_period=2**30),
-           'laperm sync': laperm_jax.laperm(adam, sync_period=1)}
+           'laperm sync': laperm_jax.laperm(adam, sync_period=1),
+           ts.BEFORE: previous.updates_through_cond(adam, 2**30)}
     runners = {}
     for label, tx in txs.items():
       params = init(jax.random.key(0))
@@ -391,7 +397,7 @@ def orchestrate(args) -> None:
   if 'train_step' in parts:
     report['parts']['train_step'] = run_part(
         'train_step', work, args.smoke, min(args.train_step_s, left() - 150),
-        env)
+        env, args.only)
   for part in ('reconnect', 'train_step'):
     path = os.path.join(work, f'{part}.json')
     if os.path.exists(path):
@@ -488,13 +494,13 @@ def main() -> None:
   parser.add_argument('--parts', default='reconnect,train_step,tests,conv7',
                       help='comma-separated parts to run')
   parser.add_argument('--only', default=None,
-                      help='reconnect: comma-separated substrings of model '
-                      'names to run (default all)')
+                      help='reconnect and train_step: comma-separated '
+                      'substrings of model names to run (default all)')
   args = parser.parse_args()
   if args.part == 'reconnect':
     part_reconnect(args.work, args.smoke, args.only)
   elif args.part == 'train_step':
-    part_train_step(args.work, args.smoke)
+    part_train_step(args.work, args.smoke, args.only)
   else:
     orchestrate(args)
 

@@ -177,6 +177,9 @@ def laperm(
   Args:
     inner: the inner optimizer, any optax transformation (e.g.
       ``optax.adam(1e-3)``); ``params`` and extra arguments are forwarded.
+      Its ``update`` is traced more than once (the sync branch runs it
+      itself), so it must be a pure function of its arguments, as optax
+      requires.
     sync_period: ``k``, a positive int, or a schedule: a callable of the int32
       count of previous update calls returning ``k``.
     mask: which leaves are reconnected, with ``optax.masked`` semantics (True =
@@ -259,87 +262,99 @@ def laperm(
           '`tx.update(grads, state, params)`. The sync replaces weights, so '
           'it must see them.')
     _pool.check_params(params, state.pool)
-    inner_updates, inner_state = inner.update(
-        updates, state.inner_state, params, **extra_args)
     period = _period_at(sync_period, state.count)
     steps_since_sync = state.steps_since_sync + 1
     is_sync = steps_since_sync >= period
     treedef = jax.tree.structure(params)
     entries = [entry for _, _, entry in _pool.zip_with_pool(params,
                                                             state.pool)]
-
-    def widened(p, u):
-      # The sync update is computed and returned in the wider dtype, so that
-      # apply_updates' `p + u` lands within an ulp of the pool value (an
-      # update rounded to bfloat16 could land thousands of ulps away).
-      return jnp.promote_types(jnp.result_type(p), jnp.result_type(u))
-
-    u_leaves = treedef.flatten_up_to(inner_updates)
     picked = [i for i, entry in enumerate(entries) if entry is not None]
+    p_leaves = treedef.flatten_up_to(params)
 
-    # Only what a sync changes goes through the cond: the updates of the
-    # reconnected leaves, and the inner state or the change statistics only
-    # when a sync can change them. A value carried through a cond is
-    # materialised in both branches; carrying every update and Adam's two
-    # moments cost param-sized copies on every non-sync step (measured on an
-    # H200, BENCHMARKS.md). The other leaves' updates bypass the cond.
-    def sync(params, picked_updates, pool, inner_state, all_updates,
-             changes, residual):
-      p_leaves = treedef.flatten_up_to(params)
-      by_index = dict(zip(picked, picked_updates))
+    def inner_update(grads, inner_state):
+      return inner.update(grads, inner_state, params, **extra_args)
+
+    # The returned update of a reconnected leaf is in the wider of the param
+    # and update dtypes, so that apply_updates' `p + u` lands within an ulp
+    # of the pool value (an update rounded to bfloat16 could land thousands
+    # of ulps away).
+    u_avals = treedef.flatten_up_to(
+        jax.eval_shape(inner_update, updates, state.inner_state)[0])
+    wide = {i: jnp.promote_types(jnp.result_type(p_leaves[i]),
+                                 u_avals[i].dtype) for i in picked}
+
+    # A non-sync step must cost what the inner optimizer costs. Whatever
+    # leaves a `lax.cond` is a materialised buffer, and XLA does not fuse
+    # across a conditional: inner updates passed through it are written and
+    # read once more per step and cannot fuse into apply_updates' add (1.08x
+    # a plain Adam step on LeNet-300-100, CPU, BENCHMARKS.md). So nothing
+    # the non-sync path needs goes through the cond: the sync branch runs the
+    # inner update itself (the same function of the same inputs) and returns
+    # `reconnected - params`; the non-sync branch returns zeros (a memset),
+    # and a select outside, fused with the inner update and apply_updates,
+    # picks. The cond also returns a scalar `order` that the gradients pass
+    # through on their way to the inner update below (without it XLA copies
+    # every moment: BENCHMARKS.md).
+    def sync(order, changes, residual):
+      inner_updates, _ = inner_update(updates, state.inner_state)
+      u_leaves = treedef.flatten_up_to(inner_updates)
+      by_index = {i: u_leaves[i] for i in picked}
       c_leaves = [jnp.asarray(p + by_index[i]).astype(jnp.result_type(p))
                   if i in by_index else p for i, p in enumerate(p_leaves)]
       if beta is not None:
         r_leaves = _residual.aligned(residual, len(p_leaves))
         c_leaves = _residual.ranking_keys(c_leaves, r_leaves)
       candidate = jax.tree.unflatten(treedef, c_leaves)
-      q_leaves = treedef.flatten_up_to(_pool.reconnect(candidate, pool))
+      q_leaves = treedef.flatten_up_to(_pool.reconnect(candidate, state.pool))
       if beta is not None:
         residual = _residual.rebuilt(treedef, _residual.carried(
             c_leaves, q_leaves, r_leaves, beta))
-      new_picked = []
-      for i, u in zip(picked, picked_updates):
-        wide = widened(p_leaves[i], u)
-        new_picked.append(jnp.asarray(q_leaves[i]).astype(wide) -
-                          jnp.asarray(p_leaves[i]).astype(wide))
-      if reset_inner_state:
-        new_by_index = dict(zip(picked, new_picked))
-        sync_updates = jax.tree.unflatten(treedef, [
-            new_by_index.get(i, u) for i, u in enumerate(
-                treedef.flatten_up_to(all_updates))])
-        fresh = inner.init(optax.apply_updates(params, sync_updates))
-        inner_state = _keep_schedule_counters(fresh, inner_state)
+      deltas = [jnp.asarray(q_leaves[i]).astype(wide[i]) -
+                jnp.asarray(p_leaves[i]).astype(wide[i]) for i in picked]
       if track_changes:
         reconnected = jax.tree.unflatten(treedef, [
             optax.MaskedNode() if entry is None else q
             for entry, q in zip(entries, q_leaves)])
-        changes = _count_changes(pool, changes.previous, reconnected, changes)
-      return new_picked, inner_state, changes, residual
+        changes = _count_changes(state.pool, changes.previous, reconnected,
+                                 changes)
+      return deltas, changes, residual, jnp.maximum(order, 0)
 
-    def no_sync(params, picked_updates, pool, inner_state, all_updates,
-                changes, residual):
-      del pool, all_updates
-      p_leaves = treedef.flatten_up_to(params)
-      return [jnp.asarray(u).astype(widened(p_leaves[i], u))
-              for i, u in zip(picked, picked_updates)], inner_state, changes, \
-          residual
+    def no_sync(order, changes, residual):
+      deltas = [jnp.zeros_like(p_leaves[i], wide[i]) for i in picked]
+      return deltas, changes, residual, order
 
     empty = ()
-    new_picked, cond_inner_state, changes, residual = jax.lax.cond(
-        is_sync, sync, no_sync, params, [u_leaves[i] for i in picked],
-        state.pool, inner_state if reset_inner_state else empty,
-        inner_updates if reset_inner_state else empty,
+    deltas, changes, residual, order = jax.lax.cond(
+        is_sync, sync, no_sync, state.count,
         state.changes if track_changes else empty,
         state.residual if beta is not None else empty)
     if beta is None:
       residual = state.residual
-    if reset_inner_state:
-      inner_state = cond_inner_state
     if not track_changes:
       changes = state.changes
-    new_by_index = dict(zip(picked, new_picked))
+
+    # The gradients, bit for bit, but known only once the cond has run: the
+    # inner state's in-place update (Adam's moments read the gradients) then
+    # comes after the sync branch's read of the old state. State leaves that
+    # do not read the gradients are scalars in optax's optimizers.
+    after_cond = order < 0  # always False
+    def ordered(g):
+      if not isinstance(g, jax.Array):
+        return g
+      return jnp.where(after_cond, jnp.zeros_like(g), g)
+    inner_updates, inner_state = inner_update(jax.tree.map(ordered, updates),
+                                              state.inner_state)
+    u_leaves = treedef.flatten_up_to(inner_updates)
+    by_index = dict(zip(picked, deltas))
     new_updates = jax.tree.unflatten(treedef, [
-        new_by_index.get(i, u) for i, u in enumerate(u_leaves)])
+        jnp.where(is_sync, by_index[i], jnp.asarray(u).astype(wide[i]))
+        if i in by_index else u for i, u in enumerate(u_leaves)])
+    if reset_inner_state:
+      def fresh(inner_state, new_updates):
+        new_params = optax.apply_updates(params, new_updates)
+        return _keep_schedule_counters(inner.init(new_params), inner_state)
+      inner_state = jax.lax.cond(is_sync, fresh, lambda s, _: s,
+                                 inner_state, new_updates)
     new_state = LaPermState(
         count=optax.safe_increment(state.count),
         steps_since_sync=jnp.where(is_sync, 0, steps_since_sync).astype(
