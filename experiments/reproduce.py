@@ -11,7 +11,8 @@ whether this machine matches the one recorded in the committed file
 (``provenance.machine``: CPU model and XLA's compile target, or the
 accelerator).
 
-On the recording machine a rerun is bit-identical. On another CPU, LaPerm's
+On the recording machine, with the code of the commit a file records, a
+rerun is bit-identical. On another CPU, LaPerm's
 rank decisions amplify last-bit floating-point differences into different
 arrangements: expect differences of a few tenths of a point (the spread of
 the seeds), while Adam usually reproduces. Exit status 1 when a row differs
