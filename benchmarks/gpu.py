@@ -41,7 +41,8 @@ import xml.etree.ElementTree as ET
 
 CORE_TESTS = ('tests/test_ranking.py', 'tests/test_ranking_tree.py',
               'tests/test_transform.py', 'tests/test_properties.py',
-              'tests/test_errors.py', 'tests/test_lowering.py')
+              'tests/test_errors.py', 'tests/test_lowering.py',
+              'tests/test_non_sync_path.py')
 
 
 def log(*args) -> None:
