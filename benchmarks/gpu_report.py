@@ -77,12 +77,21 @@ def reconnect_table(report: dict) -> str:
   return '\n'.join(lines)
 
 
+# The update structure before issue 13's second pass, timed beside the
+# current one by runs made after it (benchmarks/train_step.py's BEFORE).
+BEFORE = 'laperm non-sync, before (updates through the cond)'
+
+
 def train_step_table(report: dict) -> str:
   ts = report.get('train_step') or {}
-  lines = ['| model | params | batch | plain ms | non-sync / plain | sync / '
+  before = any(BEFORE in e['ratio_to_plain']['paired_median']
+               for e in ts.values())
+  lines = ['| model | params | batch | plain ms | non-sync / plain | ' +
+           ('non-sync before / plain | ' if before else '') + 'sync / '
            'plain | amortised at k | k | period: LaPerm / plain | period: '
            'non-sync / plain | param-sized copies in the non-sync step |',
-           '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+           '|---|---:|---:|---:|---:|' + ('---:|' if before else '') +
+           '---:|---:|---:|---:|---:|---:|']
   for name, e in ts.items():
     paired = e['ratio_to_plain']['paired_median']
     minima = e['ratio_to_plain']['minima']
@@ -92,6 +101,8 @@ def train_step_table(report: dict) -> str:
         f'| {name} | {e["params"]:,} | {e["batch"]} | '
         f'{e["step_ms"]["plain"]["min"]:.3f} | '
         f'{paired["laperm non-sync"]:.3f} ({minima["laperm non-sync"]:.3f}) | '
+        + (f'{paired[BEFORE]:.3f} ({minima[BEFORE]:.3f}) | '
+           if before and BEFORE in paired else '- | ' if before else '') +
         f'{paired["laperm sync"]:.2f} ({minima["laperm sync"]:.2f}) | '
         f'{e["amortised_at_k"]["paired_median"]:.3f} '
         f'({e["amortised_at_k"]["minima"]:.3f}) | {e["k"]} | ' +
