@@ -1,13 +1,16 @@
 """Where a non-sync step's cost goes: shapes of the update around a cond.
 
-Run ``python -m benchmarks.non_sync_variants [--rounds N] [--donate no]``.
+Run ``python -m benchmarks.non_sync_variants [--rounds N] [--donate no]
+[--sync]``.
 Each contender wraps ``optax.adam`` with a step counter, the pool and a
 sync (``laperm_jax.reconnect``) that never fires (k = 2^30), and differs only
 in how the returned update depends on the ``lax.cond`` that holds the sync.
 A LeNet-300-100 train step (batch 128) is timed side by side for each, and
 the compiled step's param-sized copies are counted. These are the designs
 tried for issue 13; ``laperm`` itself now has the shape of
-``order + zeros + select``.
+``order + zeros + select``. With ``--sync`` every step syncs instead, and
+``laperm`` is timed against the structure it had before (updates through
+the cond): what the new structure costs on a sync step.
 """
 
 import argparse
@@ -31,8 +34,10 @@ def _zeros(tree):
   return jax.tree.map(jnp.zeros_like, tree)
 
 
-def variant(shape: str, inner=None) -> optax.GradientTransformation:
-  """``inner`` (Adam) with a never-firing sync wired as ``shape``."""
+def variant(shape: str, inner=None, sync_period: int = NEVER
+            ) -> optax.GradientTransformation:
+  """``inner`` (Adam) with a sync every ``sync_period`` steps, wired as
+  ``shape`` (by default one that never fires)."""
   inner = inner or optax.adam(1e-3, eps=1e-7)
 
   def init_fn(params):
@@ -41,7 +46,7 @@ def variant(shape: str, inner=None) -> optax.GradientTransformation:
 
   def update_fn(grads, state, params):
     count, inner_state, pool = state
-    is_sync = (count + 1) % NEVER == 0
+    is_sync = (count + 1) % sync_period == 0
 
     def target(p, u):  # reconnected - params, for the whole tree
       candidate = jax.tree.map(jnp.add, p, u)
@@ -113,15 +118,23 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--rounds', type=int, default=500)
   parser.add_argument('--donate', choices=('yes', 'no'), default='yes')
+  parser.add_argument('--sync', action='store_true',
+                      help='every step syncs: laperm against the structure '
+                      'before')
   args = parser.parse_args()
   donate = args.donate == 'yes'
   print(f'machine: {timing.machine()}')
   init, apply, batch_size = train_step.MODELS['LeNet-300-100']
   x, y = train_step.batch(batch_size)
   adam = optax.adam(1e-3, eps=1e-7)
-  txs = {'plain': adam,
-         'laperm non-sync': laperm_jax.laperm(adam, sync_period=NEVER)}
-  txs.update({shape: variant(shape) for shape in SHAPES})
+  if args.sync:
+    txs = {'plain': adam, 'laperm sync': laperm_jax.laperm(adam, 1),
+           'sync, updates through the cond (before)': variant(
+               'updates through the cond', sync_period=1)}
+  else:
+    txs = {'plain': adam,
+           'laperm non-sync': laperm_jax.laperm(adam, sync_period=NEVER)}
+    txs.update({shape: variant(shape) for shape in SHAPES})
   runners, copies = {}, {}
   for label, tx in txs.items():
     params = init(jax.random.key(0))
@@ -132,8 +145,9 @@ def main() -> None:
     copies[label] = len(train_step.param_sized_copies(hlo, params))
     runners[label] = runner
   stats = timing.interleaved(runners, rounds=args.rounds, warmup=5)
-  print(f'\n### LeNet-300-100 non-sync step, {args.rounds} rounds, params and '
-        f'state {"donated" if donate else "not donated"}\n')
+  print(f'\n### LeNet-300-100 {"sync" if args.sync else "non-sync"} step, '
+        f'{args.rounds} rounds, params and state '
+        f'{"donated" if donate else "not donated"}\n')
   print('| shape | paired median / plain | minima / plain '
         '| param-sized copies |')
   print('|---|---:|---:|---:|')
