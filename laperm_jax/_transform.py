@@ -286,8 +286,8 @@ def laperm(
     # A non-sync step must cost what the inner optimizer costs. Whatever
     # leaves a `lax.cond` is a materialised buffer, and XLA does not fuse
     # across a conditional: inner updates passed through it are written and
-    # read once more per step and cannot fuse into apply_updates' add (1.08x
-    # a plain Adam step on LeNet-300-100, CPU, BENCHMARKS.md). So nothing
+    # read once more per step and cannot fuse into apply_updates' add (1.07-
+    # 1.11x a plain Adam step on LeNet-300-100, CPU, BENCHMARKS.md). So nothing
     # the non-sync path needs goes through the cond: the sync branch runs the
     # inner update itself (the same function of the same inputs) and returns
     # `reconnected - params`; the non-sync branch returns zeros (a memset),
