@@ -20,12 +20,13 @@ for:
 The amortised cost at period k is ``((k - 1) * non_sync + sync) / k``,
 with each step's time taken as its ratio to plain, estimated two ways:
 paired medians and minima (the minimum over many rounds is the least
-disturbed by other load). A LeNet step lasts ~2 ms, shorter than the
-scheduling jitter of a shared machine, so LeNet is also timed by whole
-periods: k steps in one jitted ``fori_loop``, LaPerm with period k (so
-exactly one sync per call) and without sync, against k plain steps. Then: compile time (lower + compile) of each step, bytes of the
-states, XLA's memory analysis, and the param-sized copies in the compiled
-step (there should be none outside the sync branch).
+disturbed by other load). A LeNet step lasts about a millisecond, shorter
+than the scheduling jitter of a shared machine, so LeNet is also timed by
+whole periods: k steps in one jitted ``fori_loop``, LaPerm with period k (so
+exactly one sync per call), LaPerm without sync and the structure before,
+against k plain steps. Then: compile time (lower + compile) of each step,
+bytes of the states, XLA's memory analysis, and the param-sized copies in
+the compiled step (there should be none outside the sync branch).
 """
 
 import argparse
