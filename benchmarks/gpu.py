@@ -129,7 +129,8 @@ def part_reconnect(work: str, smoke: bool, only: str | None = None) -> None:
     current, pool = device_kernels(shapes)
     rows, pool_rows = rb.row_inputs(current, pool)
     jitted = rb.jitted_contenders(current, pool, rows, pool_rows,
-                                  layout_experiment=False)
+                                  layout_experiment=False,
+                                  keyed_non_minor=True)
     checks = rb.bit_identical_to_auto(jitted)
     contenders = {label: timing.blocking(fn, *args)
                   for label, (fn, args) in jitted.items()}

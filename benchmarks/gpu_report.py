@@ -48,14 +48,23 @@ def header(name: str, report: dict) -> str:
           f'({machine["backend"]}), commit `{machine["commit"][:7]}`.')
 
 
+NON_MINOR = 'keyed_cosort, non-minor axis (kernel layout)'
+
+
 def reconnect_table(report: dict) -> str:
   rec = report['reconnect']
   variants = [f'reconnect_rows[{v}]' for v in rec['variants']]
-  columns = variants + ['laperm_jax.reconnect (kernel layout)',
-                        'jnp.argsort float + scatter',
+  # Runs after issue 13's second pass also time the GPU default's sorts
+  # along the kernels' non-minor axis (no transposes): a column when timed.
+  no_transposes = [NON_MINOR] if any(
+      NON_MINOR in m['paired_ratio_to_floor']
+      for m in rec['models'].values()) else []
+  columns = variants + ['laperm_jax.reconnect (kernel layout)'] + (
+      no_transposes) + ['jnp.argsort float + scatter',
                         'original formulation (JAX)']
   short = {c: c.replace('reconnect_rows', '').replace(
       'laperm_jax.reconnect (kernel layout)', 'public reconnect').replace(
+          NON_MINOR, 'public, no transposes').replace(
           'jnp.argsort float + scatter', 'argsort+scatter').replace(
               'original formulation (JAX)', 'original') for c in columns}
   lines = ['| model | weights | floor ms | ' +
@@ -63,7 +72,8 @@ def reconnect_table(report: dict) -> str:
            ' | original / auto | bit-identical |',
            '|---|---:|---:|' + '---:|' * len(columns) + '---:|---|']
   for name, m in rec['models'].items():
-    cells = [f'{m["paired_ratio_to_floor"][c]:.2f}' for c in columns]
+    cells = [f'{m["paired_ratio_to_floor"][c]:.2f}'
+             if c in m['paired_ratio_to_floor'] else '-' for c in columns]
     same = all(m['bit_identical_to_auto'].values())
     lines.append(f'| {name} | {m["weights"]:,} | '
                  f'{m["ms"][FLOOR]["min"]:.3f} | ' + ' | '.join(cells) +

@@ -16,6 +16,8 @@ timed side by side, in turns, with:
   was implemented before issue 13 (:mod:`benchmarks.previous`);
 * ``packed, non-minor axis``: the packed sort run along the kernel's leading
   (non-minor) axis, with no transpose to rows;
+* ``keyed_cosort, non-minor axis`` (GPU script only): the same for the GPU
+  default's two sorts;
 * ``jnp.argsort float + scatter``: the formulation before this work;
 * ``original formulation (JAX)``: rank = argsort(argsort(v)), then a per-row
   gather from the sorted pool, as the official TensorFlow code does it;
@@ -118,6 +120,24 @@ def packed_non_minor(leaves, pool_leaves):
   return out
 
 
+def keyed_cosort_non_minor(leaves, pool_leaves):
+  """``keyed_cosort`` along axis 0 of each kernel viewed as (vector_length,
+  units): the GPU default without the transposes to rows and back."""
+  out = []
+  for x, p in zip(leaves, pool_leaves):
+    p = p.values  # a laperm_jax.PoolLeaf
+    length = math.prod(x.shape[:-1])
+    x2, p2 = x.reshape(length, -1), p.reshape(length, -1)
+    with jax.enable_x64(x.dtype.itemsize == 8):
+      key = sort_keys.total_order_key(x2)
+      positions = jax.lax.broadcasted_iota(jnp.int32, x2.shape, 0)
+      _, order = jax.lax.sort((key, positions), dimension=0, is_stable=True,
+                              num_keys=1)
+      _, placed = jax.lax.sort((order, p2), dimension=0, num_keys=1)
+    out.append(placed.reshape(x.shape))
+  return out
+
+
 def numpy_reconnect(rows, pool_rows):
   out = []
   for r, p in zip(rows, pool_rows):
@@ -145,8 +165,14 @@ def row_inputs(current, pool):
 
 
 def jitted_contenders(current, pool, rows, pool_rows,
-                      layout_experiment: bool = True):
-  """label -> (jitted function, its arguments): the JAX contenders."""
+                      layout_experiment: bool = True,
+                      keyed_non_minor: bool = False):
+  """label -> (jitted function, its arguments): the JAX contenders.
+
+  ``layout_experiment`` adds the packed sort along the non-minor axis (slow
+  on CPU); ``keyed_non_minor`` the GPU default's sorts along it (for GPUs,
+  whose public path pays 0.2-0.3x the floor for the transposes).
+  """
   jitted = {
       'floor: int32 sort': (jax.jit(floor), (rows,)),
   }
@@ -161,6 +187,9 @@ def jitted_contenders(current, pool, rows, pool_rows,
   if layout_experiment:
     jitted['packed, non-minor axis (kernel layout)'] = (
         jax.jit(packed_non_minor), (current, pool))
+  if keyed_non_minor:
+    jitted['keyed_cosort, non-minor axis (kernel layout)'] = (
+        jax.jit(keyed_cosort_non_minor), (current, pool))
   jitted['jnp.argsort float + scatter'] = (
       jax.jit(argsort_float_scatter), (rows, pool_rows))
   jitted['original formulation (JAX)'] = (

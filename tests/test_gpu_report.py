@@ -48,3 +48,13 @@ def test_train_step_table_shows_the_before_contender_when_timed():
   header, _, row = table.splitlines()[:3]
   column = header.split(' | ').index('non-sync before / plain')
   assert row.split(' | ')[column] == '1.500 (1.500)'
+
+
+def test_reconnect_table_shows_the_no_transpose_contender_when_timed():
+  report = gpu_report.load(gpu_report.default_directories()[-1])
+  assert 'no transposes' not in gpu_report.reconnect_table(report)
+  first = next(iter(report['reconnect']['models'].values()))
+  first['paired_ratio_to_floor'][gpu_report.NON_MINOR] = 0.875
+  header, _, row = gpu_report.reconnect_table(report).splitlines()[:3]
+  column = header.split(' | ').index('public, no transposes')
+  assert row.split(' | ')[column] == '0.88'
