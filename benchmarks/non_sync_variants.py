@@ -20,10 +20,12 @@ import jax.numpy as jnp
 import optax
 
 import laperm_jax
+from benchmarks import previous
 from benchmarks import timing
 from benchmarks import train_step
 
 NEVER = 2**30
+BEFORE = 'updates through the cond (laperm before)'
 
 
 def _select(flag, a, b):
@@ -39,6 +41,8 @@ def variant(shape: str, inner=None, sync_period: int = NEVER
   """``inner`` (Adam) with a sync every ``sync_period`` steps, wired as
   ``shape`` (by default one that never fires)."""
   inner = inner or optax.adam(1e-3, eps=1e-7)
+  if shape == BEFORE:  # laperm's update before issue 13's second pass
+    return previous.updates_through_cond(inner, sync_period)
 
   def init_fn(params):
     return (jnp.zeros([], jnp.int32), inner.init(params),
@@ -56,10 +60,7 @@ def variant(shape: str, inner=None, sync_period: int = NEVER
     def recomputed_target(p, g, s):
       return target(p, inner.update(g, s, p)[0])
 
-    if shape == 'updates through the cond':  # laperm before issue 13b
-      u, inner_state = inner.update(grads, inner_state, params)
-      out = jax.lax.cond(is_sync, target, lambda p, u: u, params, u)
-    elif shape == 'zeros + select, update outside':
+    if shape == 'zeros + select, update outside':
       u, inner_state = inner.update(grads, inner_state, params)
       x = jax.lax.cond(is_sync, target, lambda p, u: _zeros(u), params, u)
       out = _select(is_sync, x, u)
@@ -104,7 +105,7 @@ def variant(shape: str, inner=None, sync_period: int = NEVER
 
 
 SHAPES = (
-    'updates through the cond',
+    BEFORE,
     'zeros + select, update outside',
     'gradients forwarded + select, update outside',
     'zeros + select, update recomputed in the sync',
@@ -129,8 +130,7 @@ def main() -> None:
   adam = optax.adam(1e-3, eps=1e-7)
   if args.sync:
     txs = {'plain': adam, 'laperm sync': laperm_jax.laperm(adam, 1),
-           'sync, updates through the cond (before)': variant(
-               'updates through the cond', sync_period=1)}
+           'sync, ' + BEFORE: variant(BEFORE, sync_period=1)}
   else:
     txs = {'plain': adam,
            'laperm non-sync': laperm_jax.laperm(adam, sync_period=NEVER)}

@@ -16,11 +16,11 @@ non-sync branch returns them unchanged). Only what a non-sync step does
 matters for the benchmark; mask, dtypes and options are left out.
 """
 
-import optax
-
 import jax
 import jax.numpy as jnp
+import optax
 
+import laperm_jax
 from laperm_jax import _ranking
 from laperm_jax import _rows
 
@@ -56,8 +56,6 @@ def reconnect(current_leaves, pool_leaves):
 def updates_through_cond(inner: optax.GradientTransformation, sync_period: int
                          ) -> optax.GradientTransformation:
   """``laperm(inner, sync_period)``, default mask, the pre-issue-13b way."""
-  import laperm_jax  # pylint: disable=import-outside-toplevel
-
   def init_fn(params):
     return (jnp.zeros([], jnp.int32), inner.init(params),
             laperm_jax.sorted_pool(params))
