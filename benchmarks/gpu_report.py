@@ -1,7 +1,7 @@
 """Markdown tables from the committed GPU result files (no hand-typed numbers).
 
 Run ``python -m benchmarks.gpu_report [--training] [RESULT_DIR ...]``; by
-default every ``benchmarks/results/gpu-*`` directory, in name order.
+default every ``benchmarks/results/gpu-*`` directory, newest run first.
 BENCHMARKS.md's GPU section is its output, RESULTS.md's GPU section the
 output of ``--training``, each between ``gpu_report`` markers;
 ``tests/test_gpu_report.py`` checks that they still agree with the files.
@@ -199,7 +199,12 @@ def render_training(directories) -> str:
 
 
 def default_directories() -> list[str]:
-  return sorted(glob.glob(os.path.join(RESULTS, 'gpu-*')))
+  """Every ``benchmarks/results/gpu-*`` directory, newest run first.
+
+  A run's directory is named ``gpu-<device>-<date>[-runN]``, so reverse name
+  order puts a later date, or a later run of the same day, first.
+  """
+  return sorted(glob.glob(os.path.join(RESULTS, 'gpu-*')), reverse=True)
 
 
 BEGIN, END = '<!-- gpu_report:begin -->', '<!-- gpu_report:end -->'

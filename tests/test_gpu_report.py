@@ -63,3 +63,9 @@ def test_reconnect_table_shows_the_no_transpose_contender_when_timed():
 def test_the_through_the_cond_label_is_the_train_step_benchmarks():
   from benchmarks import train_step
   assert gpu_report.THROUGH_COND == train_step.THROUGH_COND
+
+
+def test_runs_are_listed_newest_first():
+  names = [pathlib.Path(d).name for d in gpu_report.default_directories()]
+  assert names.index('gpu-h200-2026-11-28-run2') < names.index(
+      'gpu-h200-2026-11-28')
