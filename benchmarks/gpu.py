@@ -1,4 +1,4 @@
-"""Every GPU measurement of issue 11 in one command, for one device call.
+"""Every GPU measurement in one command, for one device call.
 
 Run ``python -m benchmarks.gpu --out DIR [--smoke] [--budget SECONDS]``
 (``--smoke``: tiny shapes and runs, for checking the script on CPU). Parts,
@@ -203,7 +203,7 @@ def part_train_step(work: str, smoke: bool, only: str | None = None
   import numpy as np
   import optax
   import laperm_jax
-  from benchmarks import previous
+  from benchmarks import alternatives
   from benchmarks import timing
   from benchmarks import train_step as ts
 
@@ -236,7 +236,7 @@ def part_train_step(work: str, smoke: bool, only: str | None = None
     txs = {'plain': adam,
            'laperm non-sync': laperm_jax.laperm(adam, sync_period=2**30),
            'laperm sync': laperm_jax.laperm(adam, sync_period=1),
-           ts.BEFORE: previous.updates_through_cond(adam, 2**30)}
+           ts.THROUGH_COND: alternatives.updates_through_cond(adam, 2**30)}
     runners = {}
     for label, tx in txs.items():
       params = init(jax.random.key(0))

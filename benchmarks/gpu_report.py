@@ -1,7 +1,7 @@
 """Markdown tables from the committed GPU result files (no hand-typed numbers).
 
 Run ``python -m benchmarks.gpu_report [--training] [RESULT_DIR ...]``; by
-default every ``benchmarks/results/gpu-*`` directory, in name order.
+default every ``benchmarks/results/gpu-*`` directory, newest run first.
 BENCHMARKS.md's GPU section is its output, RESULTS.md's GPU section the
 output of ``--training``, each between ``gpu_report`` markers;
 ``tests/test_gpu_report.py`` checks that they still agree with the files.
@@ -54,8 +54,8 @@ NON_MINOR = 'keyed_cosort, non-minor axis (kernel layout)'
 def reconnect_table(report: dict) -> str:
   rec = report['reconnect']
   variants = [f'reconnect_rows[{v}]' for v in rec['variants']]
-  # Runs after issue 13's second pass also time the GPU default's sorts
-  # along the kernels' non-minor axis (no transposes): a column when timed.
+  # The GPU default's sorts along the kernels' non-minor axis (no
+  # transposes): a column when the run timed them.
   no_transposes = [NON_MINOR] if any(
       NON_MINOR in m['paired_ratio_to_floor']
       for m in rec['models'].values()) else []
@@ -87,20 +87,20 @@ def reconnect_table(report: dict) -> str:
   return '\n'.join(lines)
 
 
-# The update structure before issue 13's second pass, timed beside the
-# current one by runs made after it (benchmarks/train_step.py's BEFORE).
-BEFORE = 'laperm non-sync, before (updates through the cond)'
+# laperm with the inner update passed through the cond
+# (benchmarks/train_step.py's THROUGH_COND): a column when the run timed it.
+THROUGH_COND = 'laperm non-sync, updates through the cond'
 
 
 def train_step_table(report: dict) -> str:
   ts = report.get('train_step') or {}
-  before = any(BEFORE in e['ratio_to_plain']['paired_median']
+  through = any(THROUGH_COND in e['ratio_to_plain']['paired_median']
                for e in ts.values())
   lines = ['| model | params | batch | plain ms | non-sync / plain | ' +
-           ('non-sync before / plain | ' if before else '') + 'sync / '
+           ('non-sync through the cond / plain | ' if through else '') + 'sync / '
            'plain | amortised at k | k | period: LaPerm / plain | period: '
            'non-sync / plain | param-sized copies in the non-sync step |',
-           '|---|---:|---:|---:|---:|' + ('---:|' if before else '') +
+           '|---|---:|---:|---:|---:|' + ('---:|' if through else '') +
            '---:|---:|---:|---:|---:|---:|']
   for name, e in ts.items():
     paired = e['ratio_to_plain']['paired_median']
@@ -111,8 +111,9 @@ def train_step_table(report: dict) -> str:
         f'| {name} | {e["params"]:,} | {e["batch"]} | '
         f'{e["step_ms"]["plain"]["min"]:.3f} | '
         f'{paired["laperm non-sync"]:.3f} ({minima["laperm non-sync"]:.3f}) | '
-        + (f'{paired[BEFORE]:.3f} ({minima[BEFORE]:.3f}) | '
-           if before and BEFORE in paired else '- | ' if before else '') +
+        + (f'{paired[THROUGH_COND]:.3f} ({minima[THROUGH_COND]:.3f}) | '
+           if through and THROUGH_COND in paired else '- | ' if through
+           else '') +
         f'{paired["laperm sync"]:.2f} ({minima["laperm sync"]:.2f}) | '
         f'{e["amortised_at_k"]["paired_median"]:.3f} '
         f'({e["amortised_at_k"]["minima"]:.3f}) | {e["k"]} | ' +
@@ -198,7 +199,12 @@ def render_training(directories) -> str:
 
 
 def default_directories() -> list[str]:
-  return sorted(glob.glob(os.path.join(RESULTS, 'gpu-*')))
+  """Every ``benchmarks/results/gpu-*`` directory, newest run first.
+
+  A run's directory is named ``gpu-<device>-<date>[-runN]``, so reverse name
+  order puts a later date, or a later run of the same day, first.
+  """
+  return sorted(glob.glob(os.path.join(RESULTS, 'gpu-*')), reverse=True)
 
 
 BEGIN, END = '<!-- gpu_report:begin -->', '<!-- gpu_report:end -->'

@@ -7,10 +7,10 @@ sync (``laperm_jax.reconnect``) that never fires (k = 2^30), and differs only
 in how the returned update depends on the ``lax.cond`` that holds the sync.
 A LeNet-300-100 train step (batch 128) is timed side by side for each, and
 the compiled step's param-sized copies are counted. These are the designs
-tried for issue 13; ``laperm`` itself now has the shape of
+measured for the non-sync path; ``laperm`` itself has the shape of
 ``order + zeros + select``. With ``--sync`` every step syncs instead, and
-``laperm`` is timed against the structure it had before (updates through
-the cond): what the new structure costs on a sync step.
+``laperm`` is timed against the updates-through-the-cond structure: what
+its structure costs on a sync step.
 """
 
 import argparse
@@ -20,12 +20,12 @@ import jax.numpy as jnp
 import optax
 
 import laperm_jax
-from benchmarks import previous
+from benchmarks import alternatives
 from benchmarks import timing
 from benchmarks import train_step
 
 NEVER = 2**30
-BEFORE = 'updates through the cond (laperm before)'
+THROUGH_COND = 'inner update through the cond'
 
 
 def _select(flag, a, b):
@@ -41,8 +41,8 @@ def variant(shape: str, inner=None, sync_period: int = NEVER
   """``inner`` (Adam) with a sync every ``sync_period`` steps, wired as
   ``shape`` (by default one that never fires)."""
   inner = inner or optax.adam(1e-3, eps=1e-7)
-  if shape == BEFORE:  # laperm's update before issue 13's second pass
-    return previous.updates_through_cond(inner, sync_period)
+  if shape == THROUGH_COND:
+    return alternatives.updates_through_cond(inner, sync_period)
 
   def init_fn(params):
     return (jnp.zeros([], jnp.int32), inner.init(params),
@@ -105,7 +105,7 @@ def variant(shape: str, inner=None, sync_period: int = NEVER
 
 
 SHAPES = (
-    BEFORE,
+    THROUGH_COND,
     'zeros + select, update outside',
     'gradients forwarded + select, update outside',
     'zeros + select, update recomputed in the sync',
@@ -120,8 +120,8 @@ def main() -> None:
   parser.add_argument('--rounds', type=int, default=500)
   parser.add_argument('--donate', choices=('yes', 'no'), default='yes')
   parser.add_argument('--sync', action='store_true',
-                      help='every step syncs: laperm against the structure '
-                      'before')
+                      help='every step syncs: laperm against the updates-'
+                      'through-the-cond structure')
   args = parser.parse_args()
   donate = args.donate == 'yes'
   print(f'machine: {timing.machine()}')
@@ -130,7 +130,7 @@ def main() -> None:
   adam = optax.adam(1e-3, eps=1e-7)
   if args.sync:
     txs = {'plain': adam, 'laperm sync': laperm_jax.laperm(adam, 1),
-           'sync, ' + BEFORE: variant(BEFORE, sync_period=1)}
+           'sync, ' + THROUGH_COND: variant(THROUGH_COND, sync_period=1)}
   else:
     txs = {'plain': adam,
            'laperm non-sync': laperm_jax.laperm(adam, sync_period=NEVER)}

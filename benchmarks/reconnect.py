@@ -12,13 +12,15 @@ timed side by side, in turns, with:
   choice);
 * ``laperm_jax.reconnect``: the public tree-level call on the kernels in their
   own layout, so including the transposes to rows and back;
-* ``laperm_jax.reconnect before issue 13`` (CPU only): the same call as it
-  was implemented before issue 13 (:mod:`benchmarks.previous`);
+* ``laperm_jax.reconnect, index scatter + contiguous blocks`` (CPU only):
+  the same call with an explicit row-index scatter and contiguous row
+  blocks (:mod:`benchmarks.alternatives`);
 * ``packed, non-minor axis``: the packed sort run along the kernel's leading
   (non-minor) axis, with no transpose to rows;
 * ``keyed_cosort, non-minor axis`` (GPU script only): the same for the GPU
   default's two sorts;
-* ``jnp.argsort float + scatter``: the formulation before this work;
+* ``jnp.argsort float + scatter``: the direct formulation (float argsort;
+  not exact for subnormals on XLA:CPU);
 * ``original formulation (JAX)``: rank = argsort(argsort(v)), then a per-row
   gather from the sorted pool, as the official TensorFlow code does it;
 * ``original formulation (TF)``: the same in TensorFlow (``tf.function``),
@@ -42,8 +44,8 @@ from laperm_jax import _ranking as ranking
 from laperm_jax import _sort_keys as sort_keys
 from laperm_jax import _layouts
 from laperm_jax import _rows
+from benchmarks import alternatives
 from benchmarks import kernels
-from benchmarks import previous
 from benchmarks import timing
 
 try:  # optional
@@ -67,7 +69,8 @@ def rows_of(leaves):
           for x in leaves]
 
 
-BEFORE = 'laperm_jax.reconnect before issue 13 (kernel layout)'
+INDEX_SCATTER = ('laperm_jax.reconnect, index scatter + contiguous blocks '
+                 '(kernel layout)')
 
 # ------------------------------------------------------------ contenders --
 def floor(rows):
@@ -183,7 +186,7 @@ def jitted_contenders(current, pool, rows, pool_rows,
   jitted['laperm_jax.reconnect (kernel layout)'] = (
       jax.jit(lambda c, p: laperm_jax.reconnect(c, p)), (current, pool))
   if jax.default_backend() == 'cpu':
-    jitted[BEFORE] = (jax.jit(previous.reconnect), (current, pool))
+    jitted[INDEX_SCATTER] = (jax.jit(alternatives.reconnect), (current, pool))
   if layout_experiment:
     jitted['packed, non-minor axis (kernel layout)'] = (
         jax.jit(packed_non_minor), (current, pool))
@@ -276,8 +279,9 @@ def targets(stats) -> str:
            f'  auto / floor = {both(auto, floor_name)}; target <= 1.3',
            '  laperm_jax.reconnect (kernel layout, with transposes) / floor = '
            f'{both("laperm_jax.reconnect (kernel layout)", floor_name)}',
-           *([f'  before issue 13 (kernel layout) / floor = '
-              f'{both(BEFORE, floor_name)}'] if BEFORE in stats else []),
+           *([f'  index scatter + contiguous blocks / floor = '
+              f'{both(INDEX_SCATTER, floor_name)}']
+             if INDEX_SCATTER in stats else []),
            f'  original JAX / auto = '
            f'{both("original formulation (JAX)", auto)}; target >= 4']
   if 'original formulation (TF)' in stats:

@@ -12,8 +12,8 @@ for:
   back before ``apply_updates``;
 * ``plain + an unchanged param-sized state``: Adam whose state also holds
   an array that every step returns unchanged (LaPerm's pool is one);
-* ``laperm non-sync, before``: the update structure before issue 13's
-  second pass (updates through the cond, ``benchmarks/previous.py``);
+* ``laperm non-sync, updates through the cond``: ``laperm`` with the inner
+  update passed through the ``lax.cond`` (``benchmarks/alternatives.py``);
 * ``laperm non-sync``: ``laperm(adam, k)`` on a step that does not sync;
 * ``laperm sync``: the same on a step that syncs (k = 1).
 
@@ -23,7 +23,7 @@ paired medians and minima (the minimum over many rounds is the least
 disturbed by other load). A LeNet step lasts about a millisecond, shorter
 than the scheduling jitter of a shared machine, so LeNet is also timed by
 whole periods: k steps in one jitted ``fori_loop``, LaPerm with period k (so
-exactly one sync per call), LaPerm without sync and the structure before,
+exactly one sync per call), LaPerm without sync and the updates-through-the-cond structure,
 against k plain steps. Then: compile time (lower + compile) of each step,
 bytes of the states, XLA's memory analysis, and the param-sized copies in
 the compiled step (there should be none outside the sync branch).
@@ -40,7 +40,7 @@ import numpy as np
 import optax
 
 import laperm_jax
-from benchmarks import previous
+from benchmarks import alternatives
 from benchmarks import timing
 
 
@@ -147,7 +147,7 @@ def with_unchanged_copy(inner: optax.GradientTransformation
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-BEFORE = 'laperm non-sync, before (updates through the cond)'
+THROUGH_COND = 'laperm non-sync, updates through the cond'
 
 
 def optimizers():
@@ -156,7 +156,7 @@ def optimizers():
       'plain': adam,
       'plain, updates materialised': materialized(adam),
       'plain + an unchanged param-sized state': with_unchanged_copy(adam),
-      BEFORE: previous.updates_through_cond(adam, sync_period=2**30),
+      THROUGH_COND: alternatives.updates_through_cond(adam, sync_period=2**30),
       'laperm non-sync': laperm_jax.laperm(adam, sync_period=2**30),
       'laperm sync': laperm_jax.laperm(adam, sync_period=1),
   }
@@ -302,13 +302,14 @@ def run_periods(name: str, rounds: int) -> str:
            '| k | rounds | plain ms / step (min) | LaPerm ms / step (min) '
            '| LaPerm / plain, paired median | LaPerm / plain, minima '
            '| non-sync / plain, paired median | non-sync / plain, minima '
-           '| non-sync before / plain, paired median '
-           '| non-sync before / plain, minima |',
+           '| non-sync through the cond / plain, paired median '
+           '| non-sync through the cond / plain, minima |',
            '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
   for k in (20, 250, 1000):
     txs = {'plain': adam, 'laperm': laperm_jax.laperm(adam, sync_period=k),
            'laperm non-sync': laperm_jax.laperm(adam, sync_period=2**30),
-           BEFORE: previous.updates_through_cond(adam, sync_period=2**30)}
+           THROUGH_COND: alternatives.updates_through_cond(
+               adam, sync_period=2**30)}
     runners = {}
     for label, tx in txs.items():
       params = init(jax.random.key(0))
@@ -325,7 +326,7 @@ def run_periods(name: str, rounds: int) -> str:
         f'{ratio(stats, "laperm", "plain"):.4f} | {minima["laperm"]:.4f} | '
         f'{ratio(stats, "laperm non-sync", "plain"):.4f} | '
         f'{minima["laperm non-sync"]:.4f} | '
-        f'{ratio(stats, BEFORE, "plain"):.4f} | {minima[BEFORE]:.4f} |')
+        f'{ratio(stats, THROUGH_COND, "plain"):.4f} | {minima[THROUGH_COND]:.4f} |')
     print(lines[-1], flush=True)
   return '\n'.join(lines)
 

@@ -60,6 +60,7 @@ nitpick_ignore_regex = [
 myst_heading_anchors = 3
 myst_enable_extensions = ['colon_fence']
 
-html_theme = 'alabaster'
+html_theme = 'furo'  # the look of optax's and flax's docs: light/dark, sidebar, search
 html_title = f'laperm_jax {release}'
-html_static_path = []
+html_static_path = ['_static']
+html_css_files = ['wide.css']  # a wider text column for the tables and code

@@ -78,7 +78,7 @@ DATA = {'mnist5k': 'mnist5k', 'fashion_mnist': 'Fashion-MNIST'}
 MODEL = {'lenet300': 'LeNet-300-100', 'conv7': 'Conv7'}
 
 
-# --- §1 -------------------------------------------------------------------------
+# --- dense init -----------------------------------------------------------------
 DENSE_RUNS = ['lenet300_fashion_seed1', 'lenet300_fashion_seed2',
               'lenet300_mnist5k_seed1', 'lenet300_mnist5k_seed2', 'default',
               'conv7_mnist5k_seed1', 'conv7_fashion_seed1',
@@ -99,7 +99,7 @@ def dense(files: Files) -> str:
                 'Adam final (best)', 'LaPerm − Adam'], rows)
 
 
-# --- §2 -------------------------------------------------------------------------
+# --- sparse init ----------------------------------------------------------------
 def _dense_reference(lap: dict) -> str:
   cfg = lap['config']
   data = 'fashion' if lap['dataset']['name'] == 'fashion_mnist' else 'mnist5k'
@@ -149,7 +149,7 @@ def sparse(files: Files) -> str:
                 'LaPerm final (best)', 'dense Adam final', 'gap'], rows)
 
 
-# --- §3 -------------------------------------------------------------------------
+# --- weight-agnostic networks ---------------------------------------------------
 def shared(files: Files) -> str:
   rows = []
   for name in ('f1_mnist5k', 'f1_fashion', 'f2_mnist5k', 'f2_fashion'):
@@ -171,7 +171,7 @@ def shared(files: Files) -> str:
                 'LaPerm final (best)', 'chance', 'paper (MNIST)'], rows)
 
 
-# --- §4 -------------------------------------------------------------------------
+# --- how to choose k ------------------------------------------------------------
 def _sweep(files: Files, name: str) -> dict:
   return {row['k']: row for row in files.json(name, 'ksweep.json')['rows']}
 
@@ -205,7 +205,7 @@ def ksweep_f1(files: Files) -> str:
   return table(header, [['final (best)'] + [final_best(r) for r in sweep]])
 
 
-# --- §5 -------------------------------------------------------------------------
+# --- what a sync does -----------------------------------------------------------
 def syncs(files: Files) -> str:
   rows = []
   for name in ('syncs_lenet300_fashion_k100', 'syncs_lenet300_mnist5k_sparse0.5',
@@ -237,7 +237,7 @@ def syncs(files: Files) -> str:
                 'connections created = removed'], rows)
 
 
-# --- §6 -------------------------------------------------------------------------
+# --- rank transplant ------------------------------------------------------------
 def transplant(files: Files) -> str:
   rows = []
   for name in ('transplant_lenet300_fashion', 'transplant_conv7_mnist5k'):
@@ -256,7 +256,7 @@ def transplant(files: Files) -> str:
                 'Spearman(θT, θ0) per layer'], rows)
 
 
-# --- §7 -------------------------------------------------------------------------
+# --- weight profiles ------------------------------------------------------------
 def profiles(files: Files) -> str:
   rows = []
   for name in ('profiles_lenet300_fashion', 'profiles_conv7_mnist5k'):
@@ -278,7 +278,7 @@ def profiles(files: Files) -> str:
 
 # --- the summary ---------------------------------------------------------------
 def gpu_conv7_row() -> list[str]:
-  """The paper-length Conv7 run on an H200 (§8), from benchmarks/results."""
+  """The paper-length Conv7 run on an H200, from benchmarks/results."""
   from benchmarks import gpu_report  # pylint: disable=import-outside-toplevel
   for directory in gpu_report.default_directories():
     eq = (gpu_report.load(directory).get('conv7_fashion') or {}).get(
@@ -286,7 +286,7 @@ def gpu_conv7_row() -> list[str]:
     if eq:
       met = 'yes' if eq['laperm_minus_adam_pt'] >= -0.5 else 'no'
       return [f'Conv7 on Fashion-MNIST, the paper\'s {eq["epochs"]:g} epochs on '
-              'a GPU (H200, §9), LaPerm within 0.5 pt of Adam',
+              'a GPU (H200, *On a GPU*), LaPerm within 0.5 pt of Adam',
               f'{signed(eq["laperm_minus_adam_pt"])} pt ({pct(eq["laperm"])}% '
               f'vs {pct(eq["adam"])}%, one seed)', met]
   raise FileNotFoundError('no GPU Conv7 run under benchmarks/results')

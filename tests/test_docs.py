@@ -10,10 +10,26 @@ import pytest
 import laperm_jax
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / 'docs'
+INCLUDE = re.compile(r'```\{include\} (\S+)\n((?::[\w-]+:.*\n)*)```')
+
+
+def rendered_text(page: pathlib.Path) -> str:
+  """A docs page with its MyST ``{include}`` blocks replaced by what they include."""
+  def expand(match):
+    options = dict(re.findall(r':([\w-]+): (.*)', match.group(2)))
+    text = (page.parent / match.group(1)).read_text()
+    if 'start-after' in options:
+      text = text.split(options['start-after'], 1)[1]
+    if 'end-before' in options:
+      text = text.split(options['end-before'], 1)[0]
+    return text
+  return INCLUDE.sub(expand, page.read_text())
+
+
 SNIPPETS = [(str(page.relative_to(DOCS)), index, code)
             for page in sorted(DOCS.rglob('*.md'))
             for index, code in enumerate(
-                re.findall(r'```python\n(.*?)```', page.read_text(), re.S))]
+                re.findall(r'```python\n(.*?)```', rendered_text(page), re.S))]
 
 
 def _run(code, name):
@@ -49,9 +65,19 @@ def test_equinox_example_sorts_rows_of_out_in_weights():
   ns = _run(code, f'docs/{page} snippet {index}')
   state = ns['opt_state']
   assert int(state.count) == 1
-  pools = [leaf for leaf in jax.tree.leaves(state.pool) if leaf.ndim == 2]
-  weights = [layer.weight for layer in ns['model'].layers]
-  assert [p.shape for p in pools] == [w.shape for w in weights]  # (out, in)
-  for pool in pools:  # one vector per row (output unit): each row sorted
-    assert bool(jnp.all(jnp.diff(pool, axis=-1) >= 0))
-    assert not bool(jnp.all(jnp.diff(pool, axis=0) >= 0))
+  pools = [leaf for leaf in jax.tree.leaves(state.pool) if leaf.ndim >= 2]
+  weights = [layer.weight for layer in ns['model'].layers
+             if hasattr(layer, 'weight')]
+  assert [p.shape for p in pools] == [w.shape for w in weights]  # (out, ...)
+  for pool in pools:  # one vector per output unit: all axes but the first
+    rows = pool.reshape(pool.shape[0], -1)
+    assert bool(jnp.all(jnp.diff(rows, axis=-1) >= 0))
+    assert not bool(jnp.all(jnp.diff(rows, axis=0) >= 0))
+
+
+def test_every_section_title_appears_once_per_page():
+  for page in sorted(DOCS.rglob('*.md')):
+    prose = re.sub(r'```.*?```', '', rendered_text(page), flags=re.S)
+    titles = re.findall(r'^#+ .*$', prose, re.M)
+    repeated = sorted({t for t in titles if titles.count(t) > 1})
+    assert not repeated, f'docs/{page.relative_to(DOCS)} repeats {repeated}'

@@ -34,19 +34,19 @@ def test_the_chosen_cuda_variant_is_the_measured_one():
               report['reconnect']['choice']['chosen']), directory
 
 
-def test_train_step_table_shows_the_before_contender_when_timed():
+def test_train_step_table_shows_the_through_the_cond_contender_when_timed():
   def entry(ratios):
     ratio = dict(ratios, plain=1.0)
     return dict(params=10, batch=2, k=5, step_ms={'plain': {'min': 1.0}},
                 ratio_to_plain=dict(paired_median=ratio, minima=ratio),
                 amortised_at_k=dict(paired_median=1.0, minima=1.0))
   old = {'laperm non-sync': 1.25, 'laperm sync': 3.0}
-  new = dict(old, **{gpu_report.BEFORE: 1.5})
+  new = dict(old, **{gpu_report.THROUGH_COND: 1.5})
   without = gpu_report.train_step_table({'train_step': {'m': entry(old)}})
-  assert 'before' not in without  # committed runs render as they did
+  assert 'through the cond' not in without  # a column only when timed
   table = gpu_report.train_step_table({'train_step': {'m': entry(new)}})
   header, _, row = table.splitlines()[:3]
-  column = header.split(' | ').index('non-sync before / plain')
+  column = header.split(' | ').index('non-sync through the cond / plain')
   assert row.split(' | ')[column] == '1.500 (1.500)'
 
 
@@ -58,3 +58,14 @@ def test_reconnect_table_shows_the_no_transpose_contender_when_timed():
   header, _, row = gpu_report.reconnect_table(report).splitlines()[:3]
   column = header.split(' | ').index('public, no transposes')
   assert row.split(' | ')[column] == '0.88'
+
+
+def test_the_through_the_cond_label_is_the_train_step_benchmarks():
+  from benchmarks import train_step
+  assert gpu_report.THROUGH_COND == train_step.THROUGH_COND
+
+
+def test_runs_are_listed_newest_first():
+  names = [pathlib.Path(d).name for d in gpu_report.default_directories()]
+  assert names.index('gpu-h200-2026-11-28-run2') < names.index(
+      'gpu-h200-2026-11-28')

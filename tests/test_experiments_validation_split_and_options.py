@@ -1,4 +1,4 @@
-"""Issue 12 in the harness: validation split, LaPerm options, best presets."""
+"""The harness's validation split, LaPerm options and tuned presets."""
 
 import numpy as np
 import pytest

@@ -1,16 +1,20 @@
-"""Code paths as they were before issue 13, kept as benchmark contenders.
+"""Other structures of the library's computations, kept as benchmark contenders.
 
-``reconnect``: the public reconnect before issue 13.
+Each computes what the library computes, bit for bit, with the work laid out
+another way, so that a benchmark can time the library's choice against it.
 
-A frozen, CPU-only restatement of ``laperm_jax.reconnect`` at commit
+``reconnect``: ``laperm_jax.reconnect`` with an index scatter and contiguous
+row blocks.
+
+A CPU-only restatement of ``laperm_jax.reconnect`` as it stood at commit
 6eba5f5 (the ``'packed'`` variant): transpose each kernel to rows, a packed
 single-operand sort for the order, a scatter with an explicit row-index
 array, large leaves in contiguous row blocks under ``lax.map`` (whose stacked
 output is zero-filled first), and a transpose back. Bit-identical to the
 current code; only the layout of the work differs.
 
-``updates_through_cond``: the structure of ``laperm``'s update before
-issue 13's second pass (commit 98b36b7): the inner update runs outside the
+``updates_through_cond``: ``laperm``'s update with the inner update passed
+through the ``lax.cond`` (the structure at commit 98b36b7): it runs outside the
 ``lax.cond`` and the reconnected leaves' updates pass through it (the
 non-sync branch returns them unchanged). Only what a non-sync step does
 matters for the benchmark; mask, dtypes and options are left out.
@@ -55,7 +59,7 @@ def reconnect(current_leaves, pool_leaves):
 
 def updates_through_cond(inner: optax.GradientTransformation, sync_period: int
                          ) -> optax.GradientTransformation:
-  """``laperm(inner, sync_period)``, default mask, the pre-issue-13b way."""
+  """``laperm(inner, sync_period)``, default mask, updates through the cond."""
   def init_fn(params):
     return (jnp.zeros([], jnp.int32), inner.init(params),
             laperm_jax.sorted_pool(params))
