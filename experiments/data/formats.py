@@ -31,6 +31,8 @@ IDX_DTYPE_NAMES = {0x08: 'unsigned byte', 0x09: 'signed byte', 0x0B: 'int16',
 IDX_UNSIGNED_BYTE = 0x08
 NPZ_KEYS = ('x_train', 'y_train', 'x_test', 'y_test')
 CIFAR_IMAGE_SIZE = 3 * 32 * 32
+MNIST5K_ROWS = 5000
+MNIST5K_COLUMNS = 28 * 28 + 1
 
 
 class FileFormatError(ValueError):
@@ -160,21 +162,41 @@ def parse_mnist5k_csv(raw: bytes) -> LabelledArrays:
 
   Each row holds 784 pixel values in 0..255, then a label in 0..9.
   """
+  if not raw.strip():
+    raise FileFormatError('an empty table')
   try:
     table = np.loadtxt(io.StringIO(raw.decode('ascii')), delimiter=',',
                        dtype=np.float32, ndmin=2)
   except (UnicodeDecodeError, ValueError) as e:
     raise FileFormatError(f'not a numeric CSV table ({one_line(e)})') from e
-  if table.shape != (5000, 28 * 28 + 1):
-    raise FileFormatError(f'a table of shape {table.shape}, expected (5000, '
-                          '785): 784 pixels and a label per row')
+  if table.shape[1] != MNIST5K_COLUMNS:
+    raise FileFormatError(f'{table.shape[1]} columns, expected '
+                          f'{MNIST5K_COLUMNS}: 784 pixels and a label per row')
   pixels, labels = table[:, :-1], table[:, -1]
   if np.any((pixels < 0) | (pixels > 255) | (pixels != np.round(pixels))):
     raise FileFormatError('pixel values outside the integers 0..255')
   if np.any(labels != np.round(labels)):
     raise FileFormatError('labels that are not integers')
-  return check_labelled(pixels.astype(np.uint8).reshape(-1, 28, 28, 1),
-                        labels.astype(np.int32), 10)
+  images, labels = check_labelled(
+      pixels.astype(np.uint8).reshape(-1, 28, 28, 1), labels.astype(np.int32),
+      10)
+  if len(labels) != MNIST5K_ROWS:
+    raise FileFormatError(f'{len(labels)} rows, expected {MNIST5K_ROWS}')
+  return images, labels
+
+
+def read_npz_arrays(path: Path) -> dict[str, np.ndarray]:
+  """The arrays of an ``.npz`` archive, by name."""
+  try:
+    with open(path, 'rb') as f:  # np.load(path) leaks the file when it fails.
+      archive = np.load(f)
+      if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise TypeError('a single array, not an archive')
+      return {name: archive[name] for name in archive.files}
+  except (OSError, EOFError, TypeError, ValueError, zipfile.BadZipFile,
+          zlib.error) as e:
+    raise FileFormatError(f'not a readable .npz archive ({one_line(e)})'
+                          ) from e
 
 
 def parse_npz(path: Path, num_classes: int
@@ -184,17 +206,14 @@ def parse_npz(path: Path, num_classes: int
   It holds uint8 ``x_train``, ``x_test`` of shape (N, H, W) or (N, H, W, C)
   and their labels ``y_train``, ``y_test``; a missing channel axis is added.
   """
-  try:
-    with np.load(path) as archive:
-      x_train, y_train, x_test, y_test = (archive[k] for k in NPZ_KEYS)
-  except KeyError as e:
-    raise FileFormatError(f'no array {e} (expected {", ".join(NPZ_KEYS)})'
-                          ) from e
-  except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:
-    raise FileFormatError(f'not a readable .npz archive ({one_line(e)})'
-                          ) from e
+  arrays = read_npz_arrays(path)
+  missing = [name for name in NPZ_KEYS if name not in arrays]
+  if missing:
+    raise FileFormatError(f'no array {missing[0]!r} (expected '
+                          f'{", ".join(NPZ_KEYS)})')
   splits = []
-  for x, y in ((x_train, y_train), (x_test, y_test)):
+  for x, y in ((arrays['x_train'], arrays['y_train']),
+               (arrays['x_test'], arrays['y_test'])):
     if x.dtype != np.uint8 or x.ndim not in (3, 4):
       raise FileFormatError(f'images of dtype {x.dtype} and shape {x.shape},'
                             ' expected uint8 (N, H, W) or (N, H, W, C)')
