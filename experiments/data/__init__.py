@@ -1,4 +1,4 @@
-"""Real datasets for the experiments, loaded from local files (tfds only on request).
+"""Real datasets for the experiments, from local files (tfds only on request).
 
 Every loader returns a :class:`Dataset` of uint8 (or small-integer) images kept
 in their raw range plus integer labels; the model-specific scaling ("x/255",
@@ -21,12 +21,12 @@ Datasets:
   class the 5th, 10th, ... digit in file order; 400 train and 100 test digits
   per class.
 * ``digits`` -- scikit-learn's 1,797 8x8 digits (values 0-16). Same rule:
-  stably ordered by label, every fifth row is a test row (1,440 / 357).
+  stably ordered by label, every fifth row is a test row (1,438 / 359).
 * ``fashion_mnist`` -- the full 60,000 / 10,000 Fashion-MNIST from its four
   IDX files (``.gz`` or raw), found in ``--data-dir``, ``$FASHION_MNIST_DIR``,
   the Debian package ``dataset-fashion-mnist``
-  (``/usr/share/datasets/fashion-mnist``) or ``~/.keras/datasets/fashion-mnist``;
-  or from tfds with ``source='tfds'``.
+  (``/usr/share/datasets/fashion-mnist``) or
+  ``~/.keras/datasets/fashion-mnist``; or from tfds with ``source='tfds'``.
 * ``mnist`` -- the full MNIST from IDX files or a Keras ``mnist.npz`` in
   ``--data-dir`` / ``$MNIST_DIR`` / ``~/.keras/datasets``, or tfds.
 * ``cifar10`` -- CIFAR-10 from the python-pickle ``cifar-10-batches-py``
@@ -73,7 +73,7 @@ def load(name: str, source: str = 'auto', data_dir: str | None = None
 
   >>> ds = load('digits')
   >>> ds.image_shape, len(ds.y_train), len(ds.y_test)
-  ((8, 8, 1), 1440, 357)
+  ((8, 8, 1), 1438, 359)
   """
   if name not in DATASETS:
     raise DataError(f'unknown dataset {name!r}; choose one of '

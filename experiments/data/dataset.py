@@ -60,7 +60,7 @@ class Dataset:
     >>> ds = Dataset('toy', np.arange(8).reshape(8, 1, 1, 1), np.arange(8) % 2,
     ...              np.zeros((2, 1, 1, 1)), np.arange(2), 2, 255.0, 'memory')
     >>> ds.subset(4, None).y_train.tolist()
-    [0, 1, 0, 1]
+    [0, 0, 1, 1]
     """
     x_train, y_train = stratified_prefix(self.x_train, self.y_train, n_train,
                                          seed)
@@ -107,7 +107,7 @@ def validation_split(ds: Dataset, fraction: float, seed: int = 12345
   is_val = np.zeros(len(ds.y_train), bool)
   for c in np.unique(ds.y_train):
     members = rng.permutation(np.flatnonzero(ds.y_train == c))
-    is_val[members[:int(round(fraction * len(members)))]] = True
+    is_val[members[:round(fraction * len(members))]] = True
   return dataclasses.replace(
       ds, name=f'{ds.name}-val', x_train=ds.x_train[~is_val],
       y_train=ds.y_train[~is_val], x_test=ds.x_train[is_val],
@@ -116,7 +116,7 @@ def validation_split(ds: Dataset, fraction: float, seed: int = 12345
 
 def fifth_row_split(x: np.ndarray, y: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-  """The stratified split of mnist5k and digits: every 5th row of the label order is test.
+  """mnist5k's and digits' split: every 5th row of the label order is test.
 
   Returns ``(x_train, y_train, x_test, y_test)``.
 

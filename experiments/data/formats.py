@@ -9,16 +9,16 @@ bad file ends in the same kind of one-line :class:`DataError`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import gzip
 import io
 import math
+from pathlib import Path
 import pickle
 import struct
+from typing import TypeVar
 import zipfile
 import zlib
-from collections.abc import Callable
-from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 
@@ -38,10 +38,11 @@ MNIST5K_COLUMNS = 28 * 28 + 1
 class FileFormatError(ValueError):
   """What is wrong inside one file; :func:`checked` adds the path and remedy.
 
-  >>> parse_idx(b'\\x00\\x00\\x08', item_shape=())
-  Traceback (most recent call last):
-  ...
-  experiments.data.formats.FileFormatError: 3 bytes, shorter than the 4-byte IDX magic number
+  >>> try:
+  ...   parse_idx(bytes([0, 0, 8]), item_shape=())
+  ... except FileFormatError as e:
+  ...   print(e)
+  3 bytes, shorter than the 4-byte IDX magic number
   """
 
 
@@ -51,10 +52,11 @@ def checked(where: object, remedy: str, parse: Callable[..., Result],
 
   The message reads ``WHERE: WHAT IS WRONG; REMEDY``.
 
-  >>> checked('labels.gz', 'pass another --data-dir', parse_idx, b'', ())
-  Traceback (most recent call last):
-  ...
-  experiments.data.dataset.DataError: labels.gz: 0 bytes, shorter than the 4-byte IDX magic number; pass another --data-dir
+  >>> try:
+  ...   checked('labels.gz', 're-download it', parse_idx, b'', ())
+  ... except DataError as e:
+  ...   print(e)
+  labels.gz: 0 bytes, shorter than the 4-byte IDX magic number; re-download it
   """
   try:
     return parse(*args)
@@ -66,10 +68,11 @@ def parse_file(path: Path, remedy: str, parse: Callable[..., Result],
                *args: object) -> Result:
   """``parse(bytes of path, *args)``; a bad file is a one-line DataError.
 
-  >>> parse_file(Path('missing-labels'), 're-download it', parse_idx, ())
-  Traceback (most recent call last):
-  ...
-  experiments.data.dataset.DataError: missing-labels: cannot be read (No such file or directory); re-download it
+  >>> try:
+  ...   parse_file(Path('no-such-file'), 're-download it', parse_idx, ())
+  ... except DataError as e:
+  ...   print(e)
+  no-such-file: cannot be read (No such file or directory); re-download it
   """
   return checked(path, remedy, lambda: parse(read_bytes(path), *args))
 
@@ -81,7 +84,7 @@ def one_line(error: BaseException) -> str:
 
 
 def read_bytes(path: Path) -> bytes:
-  """The file's bytes, decompressed (and CRC-checked) when it ends in ``.gz``."""
+  """The file's bytes, decompressed and CRC-checked when it ends in ``.gz``."""
   try:
     if path.suffix == '.gz':
       with gzip.open(path, 'rb') as f:
@@ -98,7 +101,7 @@ def read_bytes(path: Path) -> bytes:
 
 
 def parse_idx(raw: bytes, item_shape: tuple[int, ...]) -> np.ndarray:
-  """The array of an unsigned-byte IDX file, its header checked against its bytes.
+  """The array of an unsigned-byte IDX file, its header checked against it.
 
   Args:
     raw: the decompressed file.
@@ -109,7 +112,8 @@ def parse_idx(raw: bytes, item_shape: tuple[int, ...]) -> np.ndarray:
   Returns:
     A read-only uint8 array of shape ``(count, *item_shape)``.
 
-  >>> parse_idx(b'\\x00\\x00\\x08\\x01\\x00\\x00\\x00\\x02\\x07\\x03', ()).tolist()
+  >>> header = bytes([0, 0, 0x08, 1]) + (2).to_bytes(4, 'big')
+  >>> parse_idx(header + bytes([7, 3]), item_shape=()).tolist()
   [7, 3]
   """
   if len(raw) < 4:

@@ -9,15 +9,17 @@ another copy). mnist5k and digits ship inside Python packages.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
+import os
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from experiments.data import formats
-from experiments.data.dataset import DataError, Dataset, fifth_row_split
+from experiments.data.dataset import DataError
+from experiments.data.dataset import Dataset
+from experiments.data.dataset import fifth_row_split
 
 DEBIAN_FASHION_DIR = '/usr/share/datasets/fashion-mnist'
 NUM_CLASSES = 10
@@ -180,7 +182,7 @@ LOCATIONS = {
 
 def search_dirs(data_dir: str | None, env_var: str,
                 default_dirs: Sequence[str]) -> list[Path]:
-  """``data_dir``, then ``$env_var``, then ``default_dirs``: the search order."""
+  """The search order: ``data_dir``, ``$env_var``, then ``default_dirs``."""
   dirs = [Path(data_dir)] if data_dir else []
   if os.environ.get(env_var):
     dirs.append(Path(os.environ[env_var]))
@@ -226,7 +228,7 @@ def load_mnist5k() -> Dataset:
 
 
 def load_digits() -> Dataset:
-  """scikit-learn's 1,797 8x8 digits, split 1,440 / 357 (every 5th row)."""
+  """scikit-learn's 1,797 8x8 digits, split 1,438 / 359 (every 5th row)."""
   try:
     from sklearn.datasets import load_digits as sk_load_digits  # pylint: disable=import-outside-toplevel
   except ImportError as e:

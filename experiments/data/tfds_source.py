@@ -1,11 +1,12 @@
-"""Datasets through tensorflow_datasets, only when ``source='tfds'`` is asked for."""
+"""Datasets through tensorflow_datasets, only on request (``source='tfds'``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from experiments.data import formats
-from experiments.data.dataset import DataError, Dataset
+from experiments.data.dataset import DataError
+from experiments.data.dataset import Dataset
 
 TFDS_NAMES = {'fashion_mnist': 'fashion_mnist', 'mnist': 'mnist',
               'cifar10': 'cifar10'}
