@@ -14,6 +14,7 @@ does not initialize anything: a plain process with all devices local.
 
 Example:
   >>> import argparse
+import contextlib
   >>> parser = argparse.ArgumentParser()
   >>> add_arguments(parser)
   >>> parser.parse_args(['--num-processes', '1']).process_id
@@ -21,6 +22,7 @@ Example:
 """
 
 import argparse
+import contextlib
 import os
 import pathlib
 import socket
@@ -74,7 +76,8 @@ def _tail(path: pathlib.Path, chars: int = 3000) -> str:
   return path.read_text(errors='replace')[-chars:]
 
 
-def _stop(processes: list[subprocess.Popen]) -> list[int]:
+def stop(processes: list[subprocess.Popen]) -> list[int]:
+  """Kills those still running; returns every exit code."""
   for process in processes:
     if process.poll() is None:
       process.kill()
@@ -98,18 +101,60 @@ def _wait_all(processes: list[subprocess.Popen], logs: list[pathlib.Path],
     failed = [i for i, code in enumerate(codes) if code not in (None, 0)]
     if failed:
       first = failed[0]
-      returncodes = _stop(processes)
+      returncodes = stop(processes)
       raise LaunchError(_report(
           f'process {first} exited with {codes[first]}; the others were '
           'stopped.', returncodes, logs), returncodes)
     if all(code == 0 for code in codes):
       return
     if time.monotonic() > deadline:
-      returncodes = _stop(processes)
+      returncodes = stop(processes)
       raise LaunchError(_report(
           f'the launch overran its {timeout_s:.0f} s; every process was '
           'stopped.', returncodes, logs), returncodes)
     time.sleep(POLL_S)
+
+
+def start(module: str, args: list[str], *, num_processes: int,
+          devices_per_process: int, log_dir: pathlib.Path,
+          interactive: bool = False) -> list[subprocess.Popen]:
+  """Starts ``python -m module`` as one job of several local processes.
+
+  Each process gets ``args`` and its place in the job (``--process-id``,
+  ``--num-processes``, ``--coordinator``). Its standard error goes to
+  ``log_dir/process{i}.log``; its standard output to
+  ``log_dir/process{i}.out``, or, when ``interactive``, to a pipe, as its
+  standard input comes from one (text mode). Stop them with :func:`stop`.
+  """
+  coordinator = f'127.0.0.1:{free_port()}'
+  env = child_env(devices_per_process)
+  processes = []
+  try:
+    for index in range(num_processes):
+      command = [sys.executable, '-m', module, *args,
+                 '--process-id', str(index),
+                 '--num-processes', str(num_processes),
+                 '--coordinator', coordinator]
+      with contextlib.ExitStack() as files:
+        log = files.enter_context(open(log_dir / f'process{index}.log', 'w'))
+        if interactive:
+          streams = {'stdin': subprocess.PIPE, 'stdout': subprocess.PIPE,
+                     'text': True}
+        else:
+          streams = {'stdin': subprocess.DEVNULL,
+                     'stdout': files.enter_context(
+                         open(log_dir / f'process{index}.out', 'w'))}
+        processes.append(subprocess.Popen(command, env=env, cwd=ROOT,
+                                          stderr=log, **streams))
+  except BaseException:
+    stop(processes)
+    raise
+  return processes
+
+
+def logs(log_dir: pathlib.Path, num_processes: int) -> list[pathlib.Path]:
+  """The standard error files of :func:`start`, in process order."""
+  return [log_dir / f'process{i}.log' for i in range(num_processes)]
 
 
 def run(module: str, args: list[str], *, num_processes: int,
@@ -130,27 +175,17 @@ def run(module: str, args: list[str], *, num_processes: int,
     LaunchError: a process exited non-zero or the launch overran; every
       process has been stopped, and the message holds each one's log tail.
   """
-  coordinator = f'127.0.0.1:{free_port()}'
-  env = child_env(devices_per_process)
   with tempfile.TemporaryDirectory() as directory:
-    logs = [pathlib.Path(directory) / f'process{i}.log'
-            for i in range(num_processes)]
-    outs = [pathlib.Path(directory) / f'process{i}.out'
-            for i in range(num_processes)]
-    processes = []
+    log_dir = pathlib.Path(directory)
+    processes = start(module, args, num_processes=num_processes,
+                      devices_per_process=devices_per_process,
+                      log_dir=log_dir)
     try:
-      for index in range(num_processes):
-        command = [sys.executable, '-m', module, *args,
-                   '--process-id', str(index),
-                   '--num-processes', str(num_processes),
-                   '--coordinator', coordinator]
-        with open(outs[index], 'w') as out, open(logs[index], 'w') as log:
-          processes.append(subprocess.Popen(
-              command, env=env, cwd=ROOT, stdout=out, stderr=log))
-      _wait_all(processes, logs, timeout_s)
+      _wait_all(processes, logs(log_dir, num_processes), timeout_s)
     finally:
-      _stop(processes)  # also on KeyboardInterrupt or a failed start
-    return [out.read_text() for out in outs]
+      stop(processes)  # also on KeyboardInterrupt
+    return [(log_dir / f'process{i}.out').read_text()
+            for i in range(num_processes)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

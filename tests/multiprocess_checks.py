@@ -8,8 +8,9 @@ so across processes), it trains with ``jax.jit(tx.init)`` and a jitted step
 (``track_changes=True``, a sync every ``SYNC_PERIOD`` steps), then applies
 ``exact_params``, ``reconnect``, ``is_permutation_of_pool``, ``check_state``
 and ``has_synced`` to the global arrays. With ``--save`` it writes an Orbax
-checkpoint mid-period; with ``--restore`` it restores one (written by any
-number of processes) onto both layouts and trains on to the end.
+checkpoint of each layout mid-period; with ``--restore`` it restores them
+(written by any number of processes) onto the layouts of ``RESUMES`` and
+trains on to the end.
 
 Each process writes ``process{i}.npz``, the shards of every array that it
 holds (replica 0 only, so each element is written once in the whole job),
@@ -47,7 +48,9 @@ LAYOUTS = {
     'fan_in': {'dense': P('x', None), 'conv': P(None, None, 'x', None),
                'bias': P()},
 }
-SAVED_LAYOUT = 'out_axis'
+# Restores: (layout the checkpoint was written from, layout restored onto).
+RESUMES = (('out_axis', 'out_axis'), ('fan_in', 'fan_in'),
+           ('out_axis', 'fan_in'))
 
 
 def make_tx() -> optax.GradientTransformation:
@@ -178,7 +181,7 @@ def run_layout(layout: str, mesh, save_to):
     facts['plain_collectives'] = plain_sync_collectives(params)
   params, state, facts['history'] = train(
       step, params, state, 0, TOTAL_STEPS,
-      save_to if layout == SAVED_LAYOUT else None)
+      None if save_to is None else save_to / layout)
   exact = laperm_jax.exact_params(state, params)  # eager
   reconnected, is_permutation = queries(params, state.pool)
   facts.update({
@@ -197,10 +200,13 @@ def run_layout(layout: str, mesh, save_to):
   return step, arrays, facts
 
 
-def resume(layout: str, mesh, step, directory: pathlib.Path):
-  """Restores onto one layout and trains on; returns (arrays, facts)."""
+def resume(source: str, layout: str, mesh, step, directory: pathlib.Path):
+  """Restores the checkpoint of ``source`` onto ``layout`` and trains on.
+
+  Returns the arrays by name and the facts.
+  """
   tx = make_tx()
-  params, state = restore(directory, tx, mesh,
+  params, state = restore(directory / source, tx, mesh,
                           on_mesh(host_params(), mesh, layout))
   facts = {'is_state': isinstance(state, laperm_jax.LaPermState),
            'count': int(state.count),
@@ -209,7 +215,11 @@ def resume(layout: str, mesh, step, directory: pathlib.Path):
                           if not isinstance(v, optax.MaskedNode)}}
   params, state, facts['history'] = train(step, params, state, SAVE_AFTER,
                                           TOTAL_STEPS)
-  return named(f'{layout}/resumed', (params, state)), facts
+  return named(resumed_name(source, layout), (params, state)), facts
+
+
+def resumed_name(source: str, layout: str) -> str:
+  return f'{layout}/resumed_from_{source}'
 
 
 def shard_table(arrays: dict[str, jax.Array]):
@@ -231,7 +241,7 @@ def shard_table(arrays: dict[str, jax.Array]):
 
 
 def run_checks(args: argparse.Namespace) -> None:
-  start = time.perf_counter()
+  wall, cpu = time.perf_counter(), time.process_time()
   mesh = jax.make_mesh((4,), ('x',), axis_types=(AxisType.Explicit,))
   arrays, facts = {}, {
       'process_count': jax.process_count(),
@@ -244,12 +254,13 @@ def run_checks(args: argparse.Namespace) -> None:
         layout, mesh, args.save)
     arrays.update(layout_arrays)
   if args.restore is not None:
-    for layout in LAYOUTS:
-      resumed_arrays, facts[f'{layout}/resumed'] = resume(
-          layout, mesh, steps[layout], args.restore)
+    for source, layout in RESUMES:
+      resumed_arrays, facts[resumed_name(source, layout)] = resume(
+          source, layout, mesh, steps[layout], args.restore)
       arrays.update(resumed_arrays)
   data, facts['shards'] = shard_table(arrays)
-  facts['seconds'] = time.perf_counter() - start
+  facts['seconds'] = {'wall': time.perf_counter() - wall,
+                      'cpu': time.process_time() - cpu}
   args.out.mkdir(parents=True, exist_ok=True)
   np.savez(args.out / f'process{args.process_index}.npz', **data)
   (args.out / f'process{args.process_index}.json').write_text(
@@ -260,9 +271,10 @@ def parse(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--out', required=True, type=pathlib.Path)
   parser.add_argument('--save', type=pathlib.Path, default=None,
-                      help=f'write a checkpoint here after {SAVE_AFTER} steps')
+                      help=f'write checkpoints here (one per layout) after '
+                      f'{SAVE_AFTER} steps')
   parser.add_argument('--restore', type=pathlib.Path, default=None,
-                      help='restore the checkpoint written here and resume')
+                      help='restore the checkpoints written here and resume')
   parser.add_argument('--exit-after-init', type=int, default=None,
                       metavar='PROCESS_ID',
                       help='(launcher tests) this process exits with 3 once '
