@@ -25,6 +25,7 @@ import contextlib
 import datetime
 import itertools
 import json
+import os
 import pathlib
 import queue
 import shlex
@@ -100,7 +101,7 @@ def one_step(tx, loss, params, x, y):
   import optax
   carry = [params, jax.jit(tx.init)(params)]
 
-  def train_step(params, state):
+  def train_step(params, state, x, y):
     grads = jax.grad(loss)(params, x, y)
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
@@ -108,7 +109,7 @@ def one_step(tx, loss, params, x, y):
   step = jax.jit(train_step, donate_argnums=(0, 1))
 
   def run():
-    carry[:] = step(*carry)
+    carry[:] = step(*carry, x, y)
     return carry
   return run
 
@@ -254,7 +255,10 @@ def render(result: dict) -> str:
       (f'{result["date"]}, commit `{result["commit"][:7]}`, '
        f'{result["machine"]}; MLP {"-".join(map(str, settings["widths"]))}, '
        f'batch {settings["batch"]}, {settings["rounds"]} rounds of '
-       f'{settings["steps"]} steps; `{result["command"]}`'), '',
+       f'{settings["steps"]} steps; load average (1 min) '
+       f'{result["load_average_before"][0]:.1f} before, '
+       f'{result["load_average_after"][0]:.1f} after; '
+       f'`{result["command"]}`'), '',
       (f'| step | {one}: min; median ms | {two}: min; median ms '
        f'| {two} / {one}: paired median; minima |'), '|---|---:|---:|---:|']
   for contender in CONTENDERS:
@@ -317,7 +321,9 @@ def main(argv=None) -> None:
             'date': date.strftime('%Y-%m-%d %H:%M UTC'),
             'settings': {k: getattr(args, k) for k in
                          ('rounds', 'warmup', 'steps', 'widths', 'batch')},
+            'load_average_before': os.getloadavg(),
             **summarize(measure(args))}
+  result['load_average_after'] = os.getloadavg()
   out = args.out or (ROOT / 'benchmarks' / 'results' /
                      f'multiprocess-cpu-{date:%Y-%m-%d}' / 'multiprocess.json')
   out.parent.mkdir(parents=True, exist_ok=True)
