@@ -4,7 +4,8 @@ The parent side (:func:`run`) starts ``num_processes`` copies of a module
 with ``python -m``, each with its own fake CPU devices, and returns their
 standard outputs. It is bounded: when any process fails, the others are
 killed at once; when the whole launch overruns its time limit, all are
-killed. Nothing is left running either way.
+killed; on Linux, when the launcher itself is killed, so are they. Nothing
+is left running.
 
 The child side (:func:`add_arguments`, :func:`initialize`) reads the
 process id, the process count and the coordinator address from the command
@@ -23,8 +24,10 @@ import contextlib
 
 import argparse
 import contextlib
+import ctypes
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -70,6 +73,16 @@ def child_env(devices_per_process: int) -> dict[str, str]:
       [str(ROOT)] + [p for p in [env.get('PYTHONPATH')] if p])
   env.pop('LAPERM_JAX_RECONNECT_VARIANT', None)
   return env
+
+
+def _die_with_parent() -> None:
+  """Run in each child before it starts: it is killed when the parent dies.
+
+  Linux only (``prctl(PR_SET_PDEATHSIG)``): a launcher killed by a signal
+  runs no ``finally``, and its children would live on.
+  """
+  if sys.platform.startswith('linux'):
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def _tail(path: pathlib.Path, chars: int = 3000) -> str:
@@ -144,8 +157,9 @@ def start(module: str, args: list[str], *, num_processes: int,
           streams = {'stdin': subprocess.DEVNULL,
                      'stdout': files.enter_context(
                          open(log_dir / f'process{index}.out', 'w'))}
-        processes.append(subprocess.Popen(command, env=env, cwd=ROOT,
-                                          stderr=log, **streams))
+        processes.append(subprocess.Popen(
+            command, env=env, cwd=ROOT, stderr=log,
+            preexec_fn=_die_with_parent, **streams))
   except BaseException:
     stop(processes)
     raise
