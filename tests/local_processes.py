@@ -75,14 +75,20 @@ def child_env(devices_per_process: int) -> dict[str, str]:
   return env
 
 
+# Looked up here, not in the forked child (where another thread's lock could
+# be held): the child only makes the call.
+_PRCTL = (ctypes.CDLL(None, use_errno=True).prctl
+          if sys.platform.startswith('linux') else None)
+
+
 def _die_with_parent() -> None:
   """Run in each child before it starts: it is killed when the parent dies.
 
   Linux only (``prctl(PR_SET_PDEATHSIG)``): a launcher killed by a signal
   runs no ``finally``, and its children would live on.
   """
-  if sys.platform.startswith('linux'):
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+  if _PRCTL is not None:
+    _PRCTL(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def _tail(path: pathlib.Path, chars: int = 3000) -> str:
@@ -159,7 +165,8 @@ def start(module: str, args: list[str], *, num_processes: int,
                          open(log_dir / f'process{index}.out', 'w'))}
         processes.append(subprocess.Popen(
             command, env=env, cwd=ROOT, stderr=log,
-            preexec_fn=_die_with_parent, **streams))
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 (see _PRCTL)
+            **streams))
   except BaseException:
     stop(processes)
     raise
