@@ -15,7 +15,6 @@ does not initialize anything: a plain process with all devices local.
 
 Example:
   >>> import argparse
-import contextlib
   >>> parser = argparse.ArgumentParser()
   >>> add_arguments(parser)
   >>> parser.parse_args(['--num-processes', '1']).process_id
