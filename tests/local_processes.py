@@ -149,7 +149,8 @@ def start(module: str, args: list[str], *, num_processes: int,
   processes = []
   try:
     for index in range(num_processes):
-      command = [sys.executable, '-m', module, *args,
+      # Warnings are errors, as in the test suite: a deprecation fails early.
+      command = [sys.executable, '-W', 'error', '-m', module, *args,
                  '--process-id', str(index),
                  '--num-processes', str(num_processes),
                  '--coordinator', coordinator]
