@@ -19,19 +19,27 @@ from laperm_jax._pool import PoolLeaf
 from laperm_jax._pool import is_permutation_of_pool
 from laperm_jax._pool import reconnect
 from laperm_jax._pool import sorted_pool
-from laperm_jax._states import check_state
-from laperm_jax._states import exact_params
-from laperm_jax._states import has_synced
-from laperm_jax._transform import LaPermState
-from laperm_jax._transform import SyncChanges
+from laperm_jax._state_queries import check_state
+from laperm_jax._state_queries import exact_params
+from laperm_jax._state_queries import has_synced
+from laperm_jax._states import LaPermState
+from laperm_jax._states import SyncChanges
 from laperm_jax._transform import laperm
+from laperm_jax._typing import Mask
+from laperm_jax._typing import PyTree
+from laperm_jax._typing import SyncPeriod
+from laperm_jax._typing import VectorAxes
 
 __version__ = '0.1.0'
 
 __all__ = (
     'LaPermState',
+    'Mask',
     'PoolLeaf',
+    'PyTree',
     'SyncChanges',
+    'SyncPeriod',
+    'VectorAxes',
     'check_state',
     'default_mask',
     'default_vector_axes',
