@@ -179,15 +179,17 @@ def _after_cond(token: jax.Array, grads: PyTree) -> PyTree:
   optimizers, so their copies cost nothing.
 
   The invariant: the token must be computed inside the cond, never forwarded
-  from an operand. The sync branch returns ``jnp.maximum(count, 0)``;
-  returning ``count`` itself, which looks like a harmless simplification,
-  lets XLA see that both branches forward the operand and replace the cond's
-  output by the operand: the token then no longer depends on the cond and
-  every moment copy comes back. ``jax.lax.optimization_barrier`` around the
-  gradients and the token does not order the update either: it ties values
-  together, not the cond's read of the old state, and XLA still copies.
+  from an operand by every branch. The sync branch returns
+  ``jnp.maximum(count, 0)`` (the non-sync branch may forward ``count``).
+  Returning ``count`` itself there, which looks like a harmless
+  simplification, lets XLA see that every branch forwards the operand and
+  replace the cond's output by the operand: the token then no longer depends
+  on the cond and every moment copy comes back. Passing the gradients and the
+  token through ``jax.lax.optimization_barrier`` instead of this select does
+  not order the update either: XLA still copies every moment (the barrier
+  only keeps its operands from being moved across it).
   ``tests/test_non_sync_path.py::test_a_donated_step_copies_nothing_param_sized``
-  fails when this ordering is lost.
+  fails when either is planted.
 
   Args:
     token: the int32 count as it leaves the sync cond (never negative).
