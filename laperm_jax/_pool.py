@@ -174,8 +174,9 @@ def zip_checked(params: PyTree, pool: PyTree,
           'laperm_jax.PoolLeaf. Pass `state.pool` or the output of '
           '`sorted_pool` (restore checkpoints against '
           '`jax.eval_shape(tx.init, params)`).')
-    if _layouts.is_variable(entry.values):
-      entry = PoolLeaf(entry.values.get_value(), entry.vector_axes)
+    values: Any = entry.values
+    if _layouts.is_variable(values):
+      entry = PoolLeaf(values.get_value(), entry.vector_axes)
     if jnp.shape(leaf) != jnp.shape(entry.values):
       raise ValueError(
           f'{name}: shape {jnp.shape(leaf)} does not match its pool '

@@ -93,4 +93,5 @@ def ranking_key(candidate: jax.Array, residual: jax.Array) -> jax.Array:
 def carried(key: jax.Array, reconnected: jax.Array, residual: jax.Array,
             beta: Carry) -> jax.Array:
   """``beta * (key - reconnected)``, in the residual's dtype."""
-  return (beta * (key - reconnected)).astype(jnp.result_type(residual))
+  return jnp.asarray(beta * (key - reconnected)).astype(
+      jnp.result_type(residual))

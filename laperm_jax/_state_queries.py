@@ -1,4 +1,10 @@
-"""LaPerm states inside any optax composition: find, read, check."""
+"""LaPerm states inside any optax composition: find, read, check.
+
+A composition holds exactly one LaPerm state: LaPerm is the outermost
+transformation of what it wraps, so two of them cannot both sync the same
+params. :func:`exact_params` and :func:`has_synced` raise unless they find
+one; :func:`check_state` checks every one it finds.
+"""
 
 from typing import Any
 
@@ -9,13 +15,14 @@ import optax
 from laperm_jax import _layouts
 from laperm_jax import _pool
 from laperm_jax._states import LaPermState
+from laperm_jax._typing import PyTree
 
 
-def _is_state(x) -> bool:
+def _is_state(x: Any) -> bool:
   return isinstance(x, LaPermState)
 
 
-def _find(opt_state: optax.OptState) -> list[tuple[Any, LaPermState]]:
+def _find(opt_state: PyTree) -> list[tuple[Any, LaPermState]]:
   """(path, state) of every LaPermState in ``opt_state``, outermost first."""
   found = []
   for path, node in jax.tree_util.tree_flatten_with_path(
@@ -25,29 +32,32 @@ def _find(opt_state: optax.OptState) -> list[tuple[Any, LaPermState]]:
   return found
 
 
-def _find_one(opt_state, what: str) -> LaPermState:
+def _find_one(opt_state: PyTree, what: str) -> LaPermState:
+  """The one LaPermState in ``opt_state``; raises for none or several."""
   found = _find(opt_state)
-  if len(found) != 1:
+  if not found:
     raise ValueError(
-        f'{what} expects one LaPermState in opt_state, found {len(found)}'
-        + (f' (at {", ".join(_layouts.leaf_name(p) for p, _ in found)})'
-           if found else ': pass the state of a laperm(...) transformation '
-           '(or of a composition holding one)') + '.')
+        f'{what} found no LaPermState in opt_state: pass the state of a '
+        'laperm(...) transformation or of a composition holding one.')
+  if len(found) > 1:
+    where = ', '.join(_layouts.leaf_name(p) for p, _ in found)
+    raise ValueError(
+        f'{what} expects one LaPermState in opt_state, found {len(found)} '
+        f'(at {where}): a composition holds one laperm(...), outermost.')
   return found[0][1]
 
 
-def _unwrap(x):
+def _unwrap(x: Any) -> Any:
   """The array of an ``nnx.Variable`` (``x[...]``), or ``x`` itself."""
   if hasattr(x, 'get_value'):
     return x.get_value()
   return x
 
 
-def exact_params(opt_state: optax.OptState, params: optax.Params
-                 ) -> optax.Params:
+def exact_params(opt_state: PyTree, params: PyTree) -> PyTree:
   """The params with every reconnected weight exactly on its pool value.
 
-  For evaluation and export: finds the LaPerm state in ``opt_state``, in any
+  For evaluation and export: finds the one LaPerm state in ``opt_state``, in any
   composition (``optax.chain``, ``optax.apply_if_finite``,
   ``optax.MultiSteps``, ``optax.inject_hyperparams``, the ``opt_state`` of a
   Flax ``nnx.Optimizer``), and reconnects ``params`` against its pool with
@@ -56,7 +66,8 @@ def exact_params(opt_state: optax.OptState, params: optax.Params
   give them now. Works under ``jit``.
 
   Args:
-    opt_state: the optimizer state the user holds.
+    opt_state: the optimizer state the user holds: one LaPermState, in any
+      composition (a ValueError names where when there are none or several).
     params: the current params (the tree ``tx.init`` got).
 
   Returns:
@@ -73,22 +84,15 @@ def exact_params(opt_state: optax.OptState, params: optax.Params
            [1.],
            [2.]], dtype=float32)}
   """
-  found = _find(opt_state)
-  if not found:
-    raise ValueError(
-        'exact_params found no LaPermState in opt_state: pass the state of a '
-        'laperm(...) transformation or of a composition holding one.')
-  for _, state in found:
-    pool = state.pool
-    params = _pool.reconnect(params, pool)
-  return params
+  return _pool.reconnect(params, _find_one(opt_state, 'exact_params').pool)
 
 
-def has_synced(opt_state: optax.OptState) -> jax.Array:
+def has_synced(opt_state: PyTree) -> jax.Array:
   """Whether the last LaPerm update call synced (like ``MultiSteps.has_updated``).
 
   Args:
-    opt_state: a state holding one LaPermState, in any composition.
+    opt_state: a state holding one LaPermState, in any composition (a
+      ValueError names where when there are none or several).
 
   Returns:
     A boolean scalar array: True when the last update call of the LaPerm
@@ -112,18 +116,18 @@ def has_synced(opt_state: optax.OptState) -> jax.Array:
   return (count > 0) & (since == 0)
 
 
-def _described(tree) -> dict[str, Any]:
+def _described(tree: PyTree) -> dict[str, Any]:
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {jax.tree_util.keystr(path, simple=True, separator='/'): leaf
           for path, leaf in leaves}
 
 
-def _node_at(tree, path):
+def _node_at(tree: PyTree, path: tuple[Any, ...]) -> Any:
   """The node of ``tree`` at ``path``; attributes or items, as stored."""
   node = tree
   for entry in path:
-    key = getattr(entry, 'name', getattr(entry, 'key',
-                                         getattr(entry, 'idx', None)))
+    key: Any = getattr(entry, 'name', getattr(entry, 'key',
+                                              getattr(entry, 'idx', None)))
     if isinstance(entry, jax.tree_util.GetAttrKey) and hasattr(node, key):
       node = getattr(node, key)
     else:
@@ -134,8 +138,8 @@ def _node_at(tree, path):
   return node
 
 
-def check_state(tx: optax.GradientTransformation, opt_state: optax.OptState,
-                params: optax.Params) -> optax.OptState:
+def check_state(tx: optax.GradientTransformation, opt_state: PyTree,
+                params: PyTree) -> PyTree:
   """Checks a restored state against the transformation and params.
 
   For every LaPermState in ``tx``'s state (in any composition): it is a
@@ -198,7 +202,8 @@ def check_state(tx: optax.GradientTransformation, opt_state: optax.OptState,
         f'{missing or "none"}; leaves in the state it does not expect: '
         f'{extra or "none"}. A different pool means a different `mask` or '
         'params tree; a different inner_state, another inner optimizer.')
-  if jax.tree.structure(expected) != jax.tree.structure(opt_state):
+  expected_def: Any = jax.tree.structure(expected)
+  if expected_def != jax.tree.structure(opt_state):
     raise ValueError(
         'the state has the right leaves in other containers (or pool leaves '
         f'of other vector axes): {jax.tree.structure(opt_state)} vs '
@@ -220,7 +225,7 @@ def check_state(tx: optax.GradientTransformation, opt_state: optax.OptState,
   return opt_state
 
 
-def _check_same_axes(pool, expected_pool) -> None:
+def _check_same_axes(pool: PyTree, expected_pool: PyTree) -> None:
   got = jax.tree_util.tree_flatten_with_path(
       pool, is_leaf=_pool.is_pool_entry)[0]
   want = jax.tree.leaves(expected_pool, is_leaf=_pool.is_pool_entry)
@@ -236,7 +241,7 @@ def _check_same_axes(pool, expected_pool) -> None:
           'the state.')
 
 
-def _check_pool_sorted(pool) -> None:
+def _check_pool_sorted(pool: PyTree) -> None:
   entries = jax.tree_util.tree_flatten_with_path(
       pool, is_leaf=_pool.is_pool_entry)[0]
   for path, entry in entries:

@@ -69,7 +69,7 @@ class LaPermState(NamedTuple):
     Array([[1., 0.],
            [3., 2.]], dtype=float32)
   """
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count
   steps_since_sync: jax.Array
   inner_state: PyTree
   pool: PyTree

@@ -115,10 +115,11 @@ def _sync(entries: PyTree, params: PyTree, inner_updates: PyTree,
   reconnected = _on_pool(
       lambda entry, key: _pool.reconnect_leaf(entry, key, variant), entries,
       keys)
-  if residual is not None:
+  if residual is not None and beta is not None:
+    carry: _residual.Carry = beta
     residual = _on_pool(
-        lambda _, key, q, r: _residual.carried(key, q, r, beta), entries, keys,
-        reconnected, residual)
+        lambda _, key, q, r: _residual.carried(key, q, r, carry), entries,
+        keys, reconnected, residual)
   updates = _on_pool(_update_to, entries, params, reconnected, inner_updates)
   return updates, reconnected, residual
 
