@@ -290,7 +290,8 @@ def normalize_vector_axes(spec: Any, ndim: int, name: str = 'leaf') -> Axes:
         f'{name}: a scalar leaf has no weight vector to reconnect; exclude it '
         'with `mask`.')
   if isinstance(spec, _Ambiguous):
-    raise ValueError(spec.message)
+    # A value (which axes) is missing, not a wrong type.
+    raise ValueError(spec.message)  # noqa: TRY004
   if spec is None or (spec is ALL_BUT_FIRST and ndim == 1):
     return (0,) if ndim == 1 else tuple(range(ndim - 1))
   if spec is ALL_BUT_FIRST:

@@ -119,7 +119,7 @@ def sorted_pool(params: PyTree, *, mask: Mask | None = None,
     check_reconnectable(leaf, name)
     axes = _layouts.normalize_vector_axes(spec, jnp.ndim(leaf), name)
     values = _rows.on_rows(_ranking.sort_rows, leaf, axes)
-    entries.append(PoolLeaf(jax.tree.map(lambda _: values, node), axes))
+    entries.append(PoolLeaf(jax.tree.map(lambda _, v=values: v, node), axes))
   return jax.tree.unflatten(treedef, entries)
 
 

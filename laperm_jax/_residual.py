@@ -27,7 +27,6 @@ and written only on sync steps.
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from laperm_jax import _pool
 from laperm_jax._typing import PyTree

@@ -57,8 +57,8 @@ def _unwrap(x: Any) -> Any:
 def exact_params(opt_state: PyTree, params: PyTree) -> PyTree:
   """The params with every reconnected weight exactly on its pool value.
 
-  For evaluation and export: finds the one LaPerm state in ``opt_state``, in any
-  composition (``optax.chain``, ``optax.apply_if_finite``,
+  For evaluation and export: finds the one LaPerm state in ``opt_state``, in
+  any composition (``optax.chain``, ``optax.apply_if_finite``,
   ``optax.MultiSteps``, ``optax.inject_hyperparams``, the ``opt_state`` of a
   Flax ``nnx.Optimizer``), and reconnects ``params`` against its pool with
   its own vector axes. Right after a sync this removes the rounding of

@@ -1,4 +1,4 @@
-"""The sync period ``k``: a positive int, an int32 scalar array or a schedule."""
+"""The sync period ``k``: a positive int, an int scalar array or a schedule."""
 
 import jax
 import jax.numpy as jnp

@@ -33,9 +33,9 @@ def make_params(dtype):
 
 def signature(text: str) -> dict:
   """What a lowered program does, as counts that tell the variants apart."""
-  return dict(sorts=text.count('stablehlo.sort'),
-              scatters=text.count('stablehlo.scatter'),
-              int64=bool(re.search(r'x(u)?i64>|tensor<(u)?i64>', text)))
+  return {'sorts': text.count('stablehlo.sort'),
+          'scatters': text.count('stablehlo.scatter'),
+          'int64': bool(re.search(r'x(u)?i64>|tensor<(u)?i64>', text))}
 
 
 @pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)

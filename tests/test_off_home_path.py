@@ -6,13 +6,13 @@ Equinox models; MultiSteps and reset_inner_state; sync diagnostics.
 """
 
 import equinox as eqx
+from flax import linen as nn
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import linen as nn
-from flax import nnx
 
 import laperm_jax
 from tests import reference
@@ -357,7 +357,8 @@ def test_has_synced_and_changes_detect_a_k_that_is_too_small():
     p = params
     for step in range(1, 7):
       updates, state = jax.jit(tx.update)(
-          jax.tree.map(lambda x: jnp.cos(7.0 * x + step), p), state, p)
+          jax.tree.map(lambda x, step=step: jnp.cos(7.0 * x + step), p),
+          state, p)
       p = optax.apply_updates(p, updates)
       assert bool(laperm_jax.has_synced(state)) == (step % 3 == 0)
     assert (float(state.changes.changed_fraction) > 0) == moved

@@ -8,7 +8,10 @@ import pytest
 
 import laperm_jax
 from tests import reference
-from tests.test_transform import KERNELS, make_grads, make_params, run_laperm
+from tests.test_transform import KERNELS
+from tests.test_transform import make_grads
+from tests.test_transform import make_params
+from tests.test_transform import run_laperm
 
 
 def assert_exact_permutation_of(got: np.ndarray, initial: np.ndarray):
