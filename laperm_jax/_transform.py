@@ -228,6 +228,41 @@ def _init_changes(pool: PyTree, params: PyTree) -> SyncChanges:
   return SyncChanges(previous, jnp.zeros([], jnp.float32), zero, zero)
 
 
+def _init_state(inner: optax.GradientTransformation, params: PyTree,
+                mask: Mask | None, vector_axes: VectorAxes | None,
+                track_changes: bool, carry: bool) -> LaPermState:
+  """Step 1: the pool, the inner state, zero counters (and residuals)."""
+  pool = _pool.sorted_pool(params, mask=mask, vector_axes=vector_axes)
+  return LaPermState(
+      count=jnp.zeros([], jnp.int32),
+      steps_since_sync=jnp.zeros([], jnp.int32),
+      inner_state=inner.init(params),
+      pool=pool,
+      changes=(_init_changes(pool, params) if track_changes else
+               optax.EmptyState()),
+      residual=(_residual.init(pool, params) if carry else
+                optax.EmptyState()),
+  )
+
+
+def _pool_for_update(params: PyTree | None, pool: PyTree) -> PyTree:
+  """:func:`laperm_jax._pool.pool_like`, once params are known to fit."""
+  if params is None:
+    raise ValueError(
+        'laperm needs the current params: call '
+        '`tx.update(grads, state, params)`. The sync replaces weights, so '
+        'it must see them.')
+  _pool.check_param_dtypes(params, pool)
+  return _pool.pool_like(params, pool)
+
+
+def _zero_updates(entries: PyTree, params: PyTree, inner_updates: PyTree
+                  ) -> PyTree:
+  """The non-sync branch's updates: zeros in the sync update's dtype."""
+  return _on_pool(lambda _, p, u: jnp.zeros_like(p, _wide_dtype(p, u)),
+                  entries, params, inner_updates)
+
+
 def laperm(
     inner: optax.GradientTransformation,
     sync_period: SyncPeriod,
@@ -319,28 +354,13 @@ def laperm(
   def init_fn(params: PyTree) -> LaPermState:
     if callable(sync_period):
       _sync_period.period_at(sync_period, jnp.zeros([], jnp.int32))
-    pool = _pool.sorted_pool(params, mask=mask, vector_axes=vector_axes)
-    return LaPermState(
-        count=jnp.zeros([], jnp.int32),
-        steps_since_sync=jnp.zeros([], jnp.int32),
-        inner_state=inner.init(params),
-        pool=pool,
-        changes=(_init_changes(pool, params) if track_changes else
-                 optax.EmptyState()),
-        residual=(_residual.init(pool, params) if beta is not None else
-                  optax.EmptyState()),
-    )
+    return _init_state(inner, params, mask, vector_axes, track_changes,
+                       beta is not None)
 
   def update_fn(updates: PyTree, state: LaPermState,
                 params: PyTree | None = None, **extra_args: Any
                 ) -> tuple[PyTree, LaPermState]:
-    if params is None:
-      raise ValueError(
-          'laperm needs the current params: call '
-          '`tx.update(grads, state, params)`. The sync replaces weights, so '
-          'it must see them.')
-    _pool.check_param_dtypes(params, state.pool)
-    entries = _pool.pool_like(params, state.pool)
+    entries = _pool_for_update(params, state.pool)
     params_def = jax.tree.structure(params)
     steps_since_sync = state.steps_since_sync + 1
     is_sync = steps_since_sync >= _sync_period.period_at(sync_period,
@@ -353,17 +373,15 @@ def laperm(
           entries, params, inner_updates,
           _params_shaped(residual, params_def) if beta is not None else None,
           beta, reconnect_variant)
-      residual = residual if new_residual is None else new_residual
       if track_changes:
         changes = _sync_changes(
             entries, _params_shaped(changes.previous, params_def), reconnected)
-      return deltas, changes, residual, jnp.maximum(token, 0)  # _after_cond
+      return (deltas, changes, residual if beta is None else new_residual,
+              jnp.maximum(token, 0))  # computed, never forwarded: _after_cond
 
     def no_sync(token, changes, residual):
       u_avals = jax.eval_shape(inner_update, updates, state.inner_state)[0]
-      zeros = _on_pool(lambda _, p, u: jnp.zeros_like(p, _wide_dtype(p, u)),
-                       entries, params, u_avals)
-      return zeros, changes, residual, token
+      return _zero_updates(entries, params, u_avals), changes, residual, token
 
     deltas, changes, residual, token = jax.lax.cond(
         is_sync, sync, no_sync, state.count,
@@ -376,14 +394,12 @@ def laperm(
       inner_state = jax.lax.cond(
           is_sync, functools.partial(_fresh_inner_state, inner.init, params),
           lambda s, _: s, inner_state, new_updates)
-    new_state = LaPermState(
+    return new_updates, state._replace(
         count=optax.safe_increment(state.count),
         steps_since_sync=jnp.where(is_sync, 0, steps_since_sync).astype(
             jnp.int32),
         inner_state=inner_state,
-        pool=state.pool,
         changes=changes if track_changes else state.changes,
         residual=residual if beta is not None else state.residual)
-    return new_updates, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
