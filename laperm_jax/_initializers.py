@@ -4,6 +4,8 @@ Each selected leaf gets an independent Bernoulli keep mask (its key folded
 from ``key`` and the leaf's position in the tree).
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable
 from typing import Any
 
@@ -15,10 +17,6 @@ from laperm_jax import _pool
 from laperm_jax._typing import Mask
 from laperm_jax._typing import PyTree
 
-Density = float | PyTree
-"""A keep probability in [0, 1], or a pytree prefix of params with one per
-subtree."""
-
 
 def _check_density(density: Any, name: str) -> None:
   if isinstance(density, jax.core.Tracer):
@@ -27,7 +25,7 @@ def _check_density(density: Any, name: str) -> None:
     raise ValueError(f'{name}: density must be in [0, 1], got {density}.')
 
 
-def _map_selected(key: jax.Array, params: PyTree, density: Density,
+def _map_selected(key: jax.Array, params: PyTree, density: PyTree,
                   mask: Mask | None,
                   make_leaf: Callable[[jax.Array, jax.Array], jax.Array]
                   ) -> PyTree:
@@ -49,8 +47,8 @@ def _map_selected(key: jax.Array, params: PyTree, density: Density,
   return jax.tree.unflatten(treedef, new_leaves)
 
 
-def sparse_init(key: jax.Array, params: PyTree, density: Density, *,
-                mask: Mask | None = None) -> PyTree:
+def sparse_init(key: jax.Array, params: PyTree, density: PyTree, *,
+                mask: Mask = None) -> PyTree:
   """Random sparse initialisation: zero each selected weight w.p. 1 - density.
 
   Args:
@@ -79,7 +77,7 @@ def sparse_init(key: jax.Array, params: PyTree, density: Density, *,
 
 
 def shared_value_init(key: jax.Array, params: PyTree, value: float,
-                      density: Density, *, mask: Mask | None = None
+                      density: PyTree, *, mask: Mask = None
                       ) -> PyTree:
   """Weight-agnostic initialisation: selected weights in {0, value}.
 

@@ -7,6 +7,8 @@ resolved here to one entry per leaf, in flattening order, so that every error
 can name the leaf's path.
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable
 import sys
 from typing import Any

@@ -1,5 +1,7 @@
 """The pool of initial values, and the exact sync of a params tree against it."""
 
+from __future__ import annotations
+
 from collections.abc import Iterator
 import dataclasses
 import functools
@@ -74,8 +76,8 @@ def check_reconnectable(leaf: jax.typing.ArrayLike, name: str) -> None:
         'with `mask`.')
 
 
-def sorted_pool(params: PyTree, *, mask: Mask | None = None,
-                vector_axes: VectorAxes | None = None) -> PyTree:
+def sorted_pool(params: PyTree, *, mask: Mask = None,
+                vector_axes: VectorAxes = None) -> PyTree:
   """Sorts each weight vector of every masked leaf: the LaPerm pool.
 
   Args:
@@ -129,7 +131,7 @@ def _path_names(leaves_with_paths: list[tuple[Any, Any]]) -> list[str]:
 
 
 def zip_checked(params: PyTree, pool: PyTree,
-                vector_axes: VectorAxes | None = None
+                vector_axes: VectorAxes = None
                 ) -> Iterator[tuple[str, Any, PoolLeaf | None]]:
   """(name, param, PoolLeaf or None) per leaf of params, checking the fit.
 
@@ -207,7 +209,7 @@ def check_param_dtypes(params: PyTree, pool: PyTree) -> None:
 
 
 def reconnect(params: PyTree, pool: PyTree, *,
-              vector_axes: VectorAxes | None = None,
+              vector_axes: VectorAxes = None,
               variant: str | None = None) -> PyTree:
   """The exact LaPerm sync: pool values arranged in the rank order of params.
 
@@ -289,7 +291,7 @@ def _ascending(rows: jax.Array) -> jax.Array:
 
 
 def is_permutation_of_pool(params: PyTree, pool: PyTree, *,
-                           vector_axes: VectorAxes | None = None) -> PyTree:
+                           vector_axes: VectorAxes = None) -> PyTree:
   """Whether each reconnected leaf is, per vector, a permutation of its pool.
 
   Args:

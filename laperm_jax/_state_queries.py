@@ -6,6 +6,8 @@ params. :func:`exact_params` and :func:`has_synced` raise unless they find
 one; :func:`check_state` checks every one it finds.
 """
 
+from __future__ import annotations
+
 from typing import Any
 
 import jax

@@ -1,5 +1,7 @@
 """The state of :func:`laperm_jax.laperm` and its record of sync changes."""
 
+from __future__ import annotations
+
 from typing import NamedTuple
 
 import jax

@@ -26,6 +26,8 @@ the cond, fused with the inner update and ``apply_updates``, picks
 the cond by :func:`_after_cond`.
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable
 import functools
 from typing import Any
@@ -267,11 +269,11 @@ def laperm(
     inner: optax.GradientTransformation,
     sync_period: SyncPeriod,
     *,
-    mask: Mask | None = None,
-    vector_axes: VectorAxes | None = None,
+    mask: Mask = None,
+    vector_axes: VectorAxes = None,
     reset_inner_state: bool = False,
     track_changes: bool = False,
-    carry_residual: float | jax.typing.ArrayLike | None = None,
+    carry_residual: float | jax.Array | None = None,
     reconnect_variant: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """LaPerm: an inner optimizer plus a reconnection of weights every k steps.

@@ -11,13 +11,13 @@ PyTree: TypeAlias = Any
 Mask: TypeAlias = PyTree | Callable[[PyTree], PyTree]
 """Which leaves are reconnected: a pytree prefix of params with a bool per
 leaf or subtree (True = reconnected), or a callable of params returning one,
-as in ``optax.masked``."""
+as in ``optax.masked``; None means the default."""
 
 VectorAxes: TypeAlias = (int | tuple[int, ...] | PyTree |
                          Callable[[PyTree], PyTree])
 """Which axes of a leaf form one weight vector: an int or a tuple of ints for
 every leaf, a pytree prefix of params with such values (None = the leaf's
-default), or a callable of params returning one."""
+default), or a callable of params returning one; None means the defaults."""
 
 SyncPeriod: TypeAlias = int | jax.Array | Callable[[jax.Array],
                                                    jax.Array | int]
