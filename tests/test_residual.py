@@ -135,7 +135,7 @@ def test_jit_eval_shape_and_check_state():
   # A residual of another dtype does not fit this transformation.
   narrowed = state._replace(residual=jax.tree.map(
       lambda r: r.astype(jnp.bfloat16), state.residual))
-  with pytest.raises(ValueError, match=r'state\.residual/dense: .* bfloat16'):
+  with pytest.raises(ValueError, match=r'state\.residual/conv: .* bfloat16'):
     laperm_jax.check_state(tx, narrowed, params)
 
 
