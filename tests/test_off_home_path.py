@@ -74,6 +74,20 @@ def test_exact_params_finds_the_state_in_any_composition(name):
       exact['w'], reference.reconnect(np.asarray(out['w']), pool, axes=(1,)))
 
 
+def test_exact_params_and_has_synced_want_exactly_one_laperm_state():
+  params = {'w': jax.random.normal(KEY, (3, 5))}
+  tx = optax.chain(laperm_jax.laperm(optax.sgd(0.5), 2),
+                   laperm_jax.laperm(optax.sgd(0.5), 3))
+  state = tx.init(params)
+  for query in (lambda s: laperm_jax.exact_params(s, params),
+                laperm_jax.has_synced):
+    with pytest.raises(ValueError, match='expects one LaPermState in '
+                                         'opt_state, found 2'):
+      query(state)
+    with pytest.raises(ValueError, match='found no LaPermState'):
+      query(optax.adam(0.1).init(params))
+
+
 def test_exact_params_without_a_laperm_state():
   with pytest.raises(ValueError, match='no LaPermState'):
     laperm_jax.exact_params(optax.adam(0.1).init({'w': jnp.ones(2)}),
