@@ -3,12 +3,13 @@
 The paper's algorithm (Qiu & Suda 2020, Algorithm 1), step by step:
 
 1. Sort each weight vector's initial values: the pool
-   (:func:`laperm_jax.sorted_pool`, in ``init_fn``).
+   (:func:`laperm_jax.sorted_pool`, in :func:`_init_state`).
 2. Every step, the inner optimizer proposes ``u`` from the gradients
    (``inner.update``, in ``update_fn``).
-3. Every ``k``-th step (``_is_sync``), rank the candidate ``theta + u`` within
-   each vector (:func:`_ranking_key`, plus the carried residual when
-   ``carry_residual`` is on) ...
+3. Every ``k``-th step (``is_sync`` in ``update_fn``, ``k`` from
+   :func:`laperm_jax._sync_period.period_at`), rank the candidate
+   ``theta + u`` within each vector (:func:`_ranking_key`, plus the carried
+   residual when ``carry_residual`` is on) ...
 4. ... and give each entry the pool value of its rank
    (:func:`laperm_jax._pool.reconnect_leaf`); the update returned is
    ``reconnected - theta`` in the wider dtype (:func:`_update_to`).
