@@ -42,6 +42,12 @@ napoleon_attr_annotations = False  # field types are in the class signature
 autodoc_typehints = 'signature'
 autodoc_typehints_format = 'short'
 autodoc_member_order = 'bysource'
+# Signatures name the aliases of laperm_jax._typing (exported by laperm_jax)
+# rather than expanding them into pytree unions.
+autodoc_type_aliases = {
+    name: f'laperm_jax.{name}'
+    for name in ('PyTree', 'Mask', 'VectorAxes', 'SyncPeriod')
+}
 autosummary_generate = False
 
 # Every cross-reference must resolve: a broken :func:`...` to a laperm_jax name fails the
@@ -52,7 +58,8 @@ nitpick_ignore_regex = [
     (r'py:.*', r'(jax|jaxlib|optax|numpy|np|chex|flax|equinox)(\..*)?'),
     (r'py:.*', r'(typing|collections\.abc)\..*'),
     (r'py:.*', r'(Array|ArrayTree|GradientTransformation|GradientTransformationExtraArgs|'
-               r'OptState|PyTree|Params|Any|Callable|Iterable|Mapping|ForwardRef|Union|'
+               r'OptState|PyTree|Params|Any|Callable|Iterable|Mapping|ForwardRef|'
+               r'TypeAliasForwardRef|Union|'
                r'Optional|Sequence|NamedTuple)'),
     (r'py:.*', r'(int|float|bool|complex|str|None|tuple|list|dict)'),
 ]

@@ -186,7 +186,7 @@ def run_transplant(args, dataset) -> dict:
   cfg = cli.config_from_args(args, optimizer='adam')
   result = training.run(cfg, progress=not args.no_progress,
                         pipeline=cli.make_pipeline(cfg, dataset))
-  pool = laperm_jax.sorted_pool(result.params0, result.mask)
+  pool = laperm_jax.sorted_pool(result.params0, mask=result.mask)
   theta_t, theta0 = result.params_final, result.params0
   transplanted = laperm_jax.reconnect(theta_t, pool)
   # theta_0's own layout, with the trained biases (only masked leaves differ).

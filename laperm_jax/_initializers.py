@@ -4,22 +4,31 @@ Each selected leaf gets an independent Bernoulli keep mask (its key folded
 from ``key`` and the leaf's position in the tree).
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
-import optax
 
 from laperm_jax import _layouts
 from laperm_jax import _pool
+from laperm_jax._typing import Mask
+from laperm_jax._typing import PyTree
 
 
-def _check_density(density, name) -> None:
+def _check_density(density: Any, name: str) -> None:
   if isinstance(density, jax.core.Tracer):
     return
   if not 0.0 <= float(density) <= 1.0:
     raise ValueError(f'{name}: density must be in [0, 1], got {density}.')
 
 
-def _map_selected(key, params, density, mask, make_leaf) -> optax.Params:
+def _map_selected(key: jax.Array, params: PyTree, density: PyTree,
+                  mask: Mask | None,
+                  make_leaf: Callable[[jax.Array, jax.Array], jax.Array]
+                  ) -> PyTree:
   flags = _layouts.resolve_mask(mask, params)
   densities = _layouts.broadcast_prefix(density, params, 'density')
   leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(params)
@@ -38,8 +47,8 @@ def _map_selected(key, params, density, mask, make_leaf) -> optax.Params:
   return jax.tree.unflatten(treedef, new_leaves)
 
 
-def sparse_init(key: jax.Array, params: optax.Params, density, *, mask=None
-                ) -> optax.Params:
+def sparse_init(key: jax.Array, params: PyTree, density: PyTree, *,
+                mask: Mask = None) -> PyTree:
   """Random sparse initialisation: zero each selected weight w.p. 1 - density.
 
   Args:
@@ -67,9 +76,9 @@ def sparse_init(key: jax.Array, params: optax.Params, density, *, mask=None
                            leaf.dtype))
 
 
-def shared_value_init(key: jax.Array, params: optax.Params, value: float,
-                      density,
-                      *, mask=None) -> optax.Params:
+def shared_value_init(key: jax.Array, params: PyTree, value: float,
+                      density: PyTree, *, mask: Mask = None
+                      ) -> PyTree:
   """Weight-agnostic initialisation: selected weights in {0, value}.
 
   Args:

@@ -7,6 +7,8 @@ resolved here to one entry per leaf, in flattening order, so that every error
 can name the leaf's path.
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable
 import sys
 from typing import Any
@@ -14,11 +16,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+
+from laperm_jax._typing import Mask
+from laperm_jax._typing import PyTree
+from laperm_jax._typing import VectorAxes
 
 Axes = tuple[int, ...]
-MaskOrFn = Any  # a pytree prefix of bools, or a callable of params
-VectorAxes = Any  # None, int, tuple of ints, a prefix of those, or a callable
 
 # Flax attention in-projections: kernel (in, heads, head_dim), fan-in axis 0.
 _ATTENTION_IN = ('query', 'key', 'value')
@@ -40,13 +43,13 @@ class _Ambiguous:
 ALL_BUT_FIRST = _AllButFirst()
 
 
-def leaf_name(path) -> str:
+def leaf_name(path: tuple[Any, ...]) -> str:
   """A readable name for a tree path, as used in error messages."""
   name = jax.tree_util.keystr(path, simple=True, separator='/')
   return repr(name) if name else 'params (root)'
 
 
-def _key_name(entry) -> str:
+def _key_name(entry: Any) -> str:
   for attribute in ('key', 'name'):
     value = getattr(entry, attribute, None)
     if isinstance(value, str):
@@ -54,7 +57,7 @@ def _key_name(entry) -> str:
   return ''
 
 
-def strip_variable(path) -> tuple:
+def strip_variable(path: tuple[Any, ...]) -> tuple[Any, ...]:
   """``path`` without the ``.value`` of a Flax NNX ``Variable`` at its end."""
   if (len(path) > 1 and isinstance(path[-1], jax.tree_util.GetAttrKey)
       and path[-1].name == 'value'):
@@ -62,7 +65,7 @@ def strip_variable(path) -> tuple:
   return tuple(path)
 
 
-def _names(path) -> list[str]:
+def _names(path: tuple[Any, ...]) -> list[str]:
   """The string keys of a path, without NNX ``Variable`` wrappers."""
   return [_key_name(entry) for entry in strip_variable(path)]
 
@@ -76,17 +79,17 @@ def _equinox_norm_types() -> tuple[type, ...]:
                if hasattr(eqx.nn, name))
 
 
-def is_variable(x) -> bool:
+def is_variable(x: Any) -> bool:
   """True for a Flax NNX ``Variable`` (a pytree node around one array)."""
   nnx = sys.modules.get('flax.nnx')
   return nnx is not None and isinstance(x, nnx.Variable)
 
 
-def _is_floating(leaf) -> bool:
+def _is_floating(leaf: Any) -> bool:
   return jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
 
 
-def _default_axes(path, leaf):
+def _default_axes(path: tuple[Any, ...], leaf: Any) -> Any:
   """The default spec of a leaf: None (all but last), a marker, or axes."""
   names = _names(path)
   name = names[-1] if names else ''
@@ -111,14 +114,14 @@ def _default_axes(path, leaf):
   return None
 
 
-def _default_selected(path, leaf) -> bool:
+def _default_selected(path: tuple[Any, ...], leaf: Any) -> bool:
   if jnp.ndim(leaf) < 2 or not _is_floating(leaf):
     return False
   names = _names(path)
   return not (names and names[-1] in _NOT_WEIGHTS)
 
 
-def _per_leaf(fn, params) -> list:
+def _per_leaf(fn: Callable[[Any, Any], Any], params: PyTree) -> list[Any]:
   """``fn(path, leaf)`` per leaf; leaves of Equinox norm layers give False."""
   norm_types = _equinox_norm_types()
   out = []
@@ -131,7 +134,7 @@ def _per_leaf(fn, params) -> list:
   return out
 
 
-def default_mask(params: optax.Params) -> optax.Params:
+def default_mask(params: PyTree) -> PyTree:
   """The default LaPerm mask: weight matrices and kernels, by name and rank.
 
   True for floating-point leaves of rank >= 2, except leaves named ``bias``
@@ -155,7 +158,7 @@ def default_mask(params: optax.Params) -> optax.Params:
   return jax.tree.unflatten(jax.tree.structure(params), flags)
 
 
-def default_vector_axes(params: optax.Params) -> optax.Params:
+def default_vector_axes(params: PyTree) -> PyTree:
   """The weight-vector axes LaPerm uses for each leaf when none are given.
 
   One vector per output unit: every axis but the last for Flax/Keras/Haiku
@@ -192,8 +195,9 @@ def default_vector_axes(params: optax.Params) -> optax.Params:
   return jax.tree.unflatten(jax.tree.structure(params), leaves)
 
 
-def broadcast_prefix(prefix, params, what: str,
-                     is_leaf: Callable[[Any], bool] | None = None) -> list:
+def broadcast_prefix(prefix: PyTree, params: PyTree, what: str,
+                     is_leaf: Callable[[Any], bool] | None = None
+                     ) -> list[Any]:
   """One entry of ``prefix`` per leaf of ``params``, in flattening order."""
   out = []
   def extend(value, subtree):
@@ -208,7 +212,7 @@ def broadcast_prefix(prefix, params, what: str,
   return out
 
 
-def _as_bool(value, name) -> bool:
+def _as_bool(value: Any, name: str) -> bool:
   if isinstance(value, (bool, np.bool_)):
     return bool(value)
   if isinstance(value, (np.ndarray, jax.Array)) and value.shape == () and (
@@ -219,7 +223,7 @@ def _as_bool(value, name) -> bool:
       f'{value!r}.')
 
 
-def resolve_mask(mask: MaskOrFn, params) -> list[bool]:
+def resolve_mask(mask: Mask | None, params: PyTree) -> list[bool]:
   """Per-leaf booleans (flattening order of params) for a mask or callable."""
   if mask is None:
     return _per_leaf(_default_selected, params)
@@ -229,19 +233,19 @@ def resolve_mask(mask: MaskOrFn, params) -> list[bool]:
   return [_as_bool(f, leaf_name(p)) for f, p in zip(flags, paths)]
 
 
-def _is_int(x) -> bool:
+def _is_int(x: Any) -> bool:
   return isinstance(x, (int, np.integer)) and not isinstance(x, (bool,
                                                                   np.bool_))
 
 
-def is_axes_spec(x) -> bool:
+def is_axes_spec(x: Any) -> bool:
   """One leaf's axes: None (the default), an int or a tuple of ints."""
   if x is None or _is_int(x):
     return True
   return isinstance(x, tuple) and all(_is_int(a) for a in x)
 
 
-def _reject_int_lists(prefix) -> None:
+def _reject_int_lists(prefix: PyTree) -> None:
   lists = jax.tree_util.tree_flatten_with_path(
       prefix, is_leaf=lambda x: isinstance(x, list) and bool(x) and all(
           _is_int(a) for a in x))[0]
@@ -255,7 +259,8 @@ def _reject_int_lists(prefix) -> None:
           f'{[(a,) for a in node]!r}.')
 
 
-def given_vector_axes(vector_axes: VectorAxes, params) -> list:
+def given_vector_axes(vector_axes: VectorAxes | None, params: PyTree
+                      ) -> list[Any]:
   """Per-leaf axes specs as given (flattening order); None where not given."""
   if callable(vector_axes):
     vector_axes = vector_axes(params)
@@ -266,7 +271,8 @@ def given_vector_axes(vector_axes: VectorAxes, params) -> list:
                           is_leaf=is_axes_spec)
 
 
-def resolve_vector_axes(vector_axes: VectorAxes, params) -> list:
+def resolve_vector_axes(vector_axes: VectorAxes | None, params: PyTree
+                        ) -> list[Any]:
   """Per-leaf axes specs (flattening order of params), defaults filled in."""
   given = given_vector_axes(vector_axes, params)
   defaults = [_default_axes(p, x) for p, x in
@@ -274,7 +280,7 @@ def resolve_vector_axes(vector_axes: VectorAxes, params) -> list:
   return [d if g is None else g for g, d in zip(given, defaults)]
 
 
-def normalize_vector_axes(spec, ndim: int, name: str = 'leaf') -> Axes:
+def normalize_vector_axes(spec: Any, ndim: int, name: str = 'leaf') -> Axes:
   """Resolves one leaf's axes spec against its rank ``ndim``.
 
   ``None`` means every axis but the last (a 1-D leaf is one vector); an int
@@ -286,7 +292,8 @@ def normalize_vector_axes(spec, ndim: int, name: str = 'leaf') -> Axes:
         f'{name}: a scalar leaf has no weight vector to reconnect; exclude it '
         'with `mask`.')
   if isinstance(spec, _Ambiguous):
-    raise ValueError(spec.message)
+    # A value (which axes) is missing, not a wrong type.
+    raise ValueError(spec.message)  # noqa: TRY004
   if spec is None or (spec is ALL_BUT_FIRST and ndim == 1):
     return (0,) if ndim == 1 else tuple(range(ndim - 1))
   if spec is ALL_BUT_FIRST:

@@ -1,6 +1,11 @@
 """The pool of initial values, and the exact sync of a params tree against it."""
 
+from __future__ import annotations
+
+from collections.abc import Iterator
 import dataclasses
+import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +15,9 @@ from laperm_jax import _layouts
 from laperm_jax import _ranking
 from laperm_jax import _rows
 from laperm_jax import _sort_keys
+from laperm_jax._typing import Mask
+from laperm_jax._typing import PyTree
+from laperm_jax._typing import VectorAxes
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -40,22 +48,22 @@ jax.tree_util.register_dataclass(PoolLeaf, data_fields=['values'],
                                  meta_fields=['vector_axes'])
 
 
-def is_masked(x) -> bool:
+def is_masked(x: Any) -> bool:
   """True for the placeholder of a leaf without pool."""
   return isinstance(x, optax.MaskedNode) or (type(x) is tuple and not x)
 
 
-
-def is_pool_entry(x) -> bool:
+def is_pool_entry(x: Any) -> bool:
+  """True for a pool entry: a :class:`PoolLeaf` or ``optax.MaskedNode``."""
   return isinstance(x, (PoolLeaf, optax.MaskedNode))
 
 
-def _is_entry_or_empty_tuple(x) -> bool:
+def _is_entry_or_empty_tuple(x: Any) -> bool:
   # Flax NNX hands back a MaskedNode inside an optimizer state as `()`.
   return is_pool_entry(x) or (type(x) is tuple and not x)
 
 
-def check_reconnectable(leaf, name: str) -> None:
+def check_reconnectable(leaf: jax.typing.ArrayLike, name: str) -> None:
   """Raises a clear error unless ``leaf`` can be reconnected."""
   dtype = jnp.result_type(leaf)
   if not jnp.issubdtype(dtype, jnp.floating):
@@ -68,8 +76,8 @@ def check_reconnectable(leaf, name: str) -> None:
         'with `mask`.')
 
 
-def sorted_pool(params: optax.Params, mask=None, vector_axes=None
-                ) -> optax.Params:
+def sorted_pool(params: PyTree, *, mask: Mask = None,
+                vector_axes: VectorAxes = None) -> PyTree:
   """Sorts each weight vector of every masked leaf: the LaPerm pool.
 
   Args:
@@ -113,17 +121,24 @@ def sorted_pool(params: optax.Params, mask=None, vector_axes=None
     check_reconnectable(leaf, name)
     axes = _layouts.normalize_vector_axes(spec, jnp.ndim(leaf), name)
     values = _rows.on_rows(_ranking.sort_rows, leaf, axes)
-    entries.append(PoolLeaf(jax.tree.map(lambda _: values, node), axes))
+    entries.append(PoolLeaf(jax.tree.map(lambda _, v=values: v, node), axes))
   return jax.tree.unflatten(treedef, entries)
 
 
-def _path_names(leaves_with_paths) -> list[str]:
+def _path_names(leaves_with_paths: list[tuple[Any, Any]]) -> list[str]:
   return [_layouts.leaf_name(_layouts.strip_variable(path))
           for path, _ in leaves_with_paths]
 
 
-def zip_with_pool(params, pool, vector_axes=None):
-  """(name, param, PoolLeaf or None) per leaf of params; checks the fit.
+def zip_checked(params: PyTree, pool: PyTree,
+                vector_axes: VectorAxes = None
+                ) -> Iterator[tuple[str, Any, PoolLeaf | None]]:
+  """(name, param, PoolLeaf or None) per leaf of params, checking the fit.
+
+  Raises where params and pool differ in structure or shape, where the pool
+  holds something else than pool entries, and where ``vector_axes`` (when
+  given) differ from the pool's. A ``PoolLeaf`` holding a Flax NNX
+  ``Variable`` comes back holding its array.
 
   Params and pool match leaf by leaf, by tree path; containers may differ
   where they wrap single leaves (Flax NNX ``Param`` in the params, the
@@ -161,8 +176,9 @@ def zip_with_pool(params, pool, vector_axes=None):
           'laperm_jax.PoolLeaf. Pass `state.pool` or the output of '
           '`sorted_pool` (restore checkpoints against '
           '`jax.eval_shape(tx.init, params)`).')
-    if _layouts.is_variable(entry.values):
-      entry = PoolLeaf(entry.values.get_value(), entry.vector_axes)
+    values: Any = entry.values
+    if _layouts.is_variable(values):
+      entry = PoolLeaf(values.get_value(), entry.vector_axes)
     if jnp.shape(leaf) != jnp.shape(entry.values):
       raise ValueError(
           f'{name}: shape {jnp.shape(leaf)} does not match its pool '
@@ -177,9 +193,12 @@ def zip_with_pool(params, pool, vector_axes=None):
     yield name, leaf, entry
 
 
-def check_params(params, pool) -> None:
-  """Raises a clear error unless params fit the pool built at init."""
-  for name, leaf, entry in zip_with_pool(params, pool):
+def check_param_dtypes(params: PyTree, pool: PyTree) -> None:
+  """Raises a clear error unless each reconnected leaf has its pool's dtype.
+
+  Structure and shapes are checked on the way (:func:`zip_checked`).
+  """
+  for name, leaf, entry in zip_checked(params, pool):
     if entry is not None and (jnp.result_type(leaf) !=
                               jnp.result_type(entry.values)):
       raise TypeError(
@@ -189,8 +208,9 @@ def check_params(params, pool) -> None:
           'dtype.')
 
 
-def reconnect(params: optax.Params, pool: optax.Params, *,
-              vector_axes=None) -> optax.Params:
+def reconnect(params: PyTree, pool: PyTree, *,
+              vector_axes: VectorAxes = None,
+              variant: str | None = None) -> PyTree:
   """The exact LaPerm sync: pool values arranged in the rank order of params.
 
   Within every weight vector of every leaf that has a pool, the entry of rank
@@ -205,6 +225,11 @@ def reconnect(params: optax.Params, pool: optax.Params, *,
       output of :func:`sorted_pool`.
     vector_axes: optional; when given, it must agree with the pool's axes
       (an error names the leaf where it does not).
+    variant: how XLA is asked to sort, one of ``'packed'``,
+      ``'packed_cosort'``, ``'keyed'``, ``'keyed_cosort'``, or ``'auto'``
+      (the measured choice for the platform compiled for). All give the
+      same bits; only the speed differs. None (default): the environment
+      variable ``LAPERM_JAX_RECONNECT_VARIANT`` if set, else ``'auto'``.
 
   Returns:
     Parameters whose reconnected leaves are exact permutations of their pool,
@@ -221,16 +246,34 @@ def reconnect(params: optax.Params, pool: optax.Params, *,
            [2.]], dtype=float32)
   """
   new_leaves = []
-  for _, leaf, entry in zip_with_pool(params, pool, vector_axes):
-    if entry is None:
-      new_leaves.append(leaf)
-      continue
-    new_leaves.append(_rows.on_rows(_ranking.reconnect_rows, leaf,
-                                    entry.vector_axes, entry.values))
+  for _, leaf, entry in zip_checked(params, pool, vector_axes):
+    new_leaves.append(leaf if entry is None else
+                      reconnect_leaf(entry, leaf, variant))
   return jax.tree.unflatten(jax.tree.structure(params), new_leaves)
 
 
+def reconnect_leaf(entry: PoolLeaf, leaf: jax.typing.ArrayLike,
+                   variant: str | None = None) -> jax.Array:
+  """One leaf's pool values in the rank order of ``leaf``, per vector."""
+  return _rows.on_rows(
+      functools.partial(_ranking.reconnect_rows, variant=variant), leaf,
+      entry.vector_axes, entry.values)
+
+
+def pool_like(params: PyTree, pool: PyTree) -> PyTree:
+  """The pool as a tree of params' structure, checked against params.
+
+  A :class:`PoolLeaf` (holding an array) where a leaf is reconnected,
+  ``optax.MaskedNode()`` elsewhere: per-leaf work is then a ``jax.tree.map``
+  over it and params-shaped trees, ``is_leaf=is_pool_entry``.
+  """
+  entries = [optax.MaskedNode() if entry is None else entry
+             for _, _, entry in zip_checked(params, pool)]
+  return jax.tree.unflatten(jax.tree.structure(params), entries)
+
+
 def same_values(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Elementwise: whether ``a`` and ``b`` tie in the ranking's order."""
   # Order keys, not floats: XLA:CPU float compares treat subnormals as zero,
   # and NaN != NaN. Keys tie exactly where the ranking ties.
   try:
@@ -247,8 +290,8 @@ def _ascending(rows: jax.Array) -> jax.Array:
   return jnp.all(keys[:, :-1] <= keys[:, 1:], axis=-1)
 
 
-def is_permutation_of_pool(params: optax.Params, pool: optax.Params, *,
-                           vector_axes=None) -> optax.Params:
+def is_permutation_of_pool(params: PyTree, pool: PyTree, *,
+                           vector_axes: VectorAxes = None) -> PyTree:
   """Whether each reconnected leaf is, per vector, a permutation of its pool.
 
   Args:
@@ -271,7 +314,7 @@ def is_permutation_of_pool(params: optax.Params, pool: optax.Params, *,
     True
   """
   results = []
-  for _, leaf, entry in zip_with_pool(params, pool, vector_axes):
+  for _, leaf, entry in zip_checked(params, pool, vector_axes):
     if entry is None:
       results.append(optax.MaskedNode())
       continue

@@ -29,19 +29,19 @@ all three. The integer key never compares floats.
 
 Choosing one. By default the variant is chosen at lowering time for the
 platform the computation is compiled for (``jax.lax.platform_dependent``),
-from :data:`VARIANT_BY_PLATFORM`, by measurement where we could measure:
-``'packed'`` on CPU (1.0-1.3x a plain int32 sort of the same rows on 2 CPU
-cores; large leaves run in row blocks, see ``CPU_BLOCK_ELEMENTS``) and
-``'keyed_cosort'`` on CUDA (1.10-1.21x the int32 floor on an H200 from
-LeNet-300-100 to a 1.0B-weight transformer stack, where ``'packed'``'s 64-bit
-keys cost 1.13-1.64x; ``benchmarks/gpu.py``, BENCHMARKS.md). ROCm follows
-CUDA and TPU gets ``'keyed_cosort'`` too (no 64-bit integer emulation, no
-scatter or gather), both reasoned, not measured; ``'keyed'`` elsewhere.
-To force one, pass ``variant=`` to
-the functions here, or set the environment variable
-``LAPERM_JAX_RECONNECT_VARIANT`` (``'auto'`` or unset means the default). The
-variable is read when a function is traced and ``jit`` caches traces: set it
-before the first call of a jitted function.
+from :data:`VARIANT_BY_PLATFORM`, by measurement where we could measure
+(BENCHMARKS.md; ``benchmarks/reconnect.py``, ``benchmarks/gpu.py``):
+``'packed'`` on CPU (large leaves run in row blocks, see
+``CPU_BLOCK_ELEMENTS``) and ``'keyed_cosort'`` on CUDA, where ``'packed'``'s
+64-bit keys cost more. ROCm follows CUDA and TPU gets ``'keyed_cosort'`` too
+(no 64-bit integer emulation, no scatter or gather), both reasoned, not
+measured; ``'keyed'`` elsewhere. To force one, pass ``variant=`` to the
+functions here (publicly: ``laperm(..., reconnect_variant=...)`` and
+``reconnect(..., variant=...)``), or set the environment variable
+``LAPERM_JAX_RECONNECT_VARIANT`` (``'auto'`` or unset means the default). An
+explicit argument wins over the variable. The variable is read when a
+function is traced and ``jit`` caches traces: set it before the first call
+of a jitted function.
 """
 
 from collections.abc import Callable
@@ -86,7 +86,7 @@ def _order_packed(rows: jax.Array) -> jax.Array:
     packed = sort_keys.pack_with_positions(sort_keys.total_order_key(rows),
                                            width)
     # Packed values are distinct, so stability is moot; XLA:CPU's stable
-    # sort (a merge sort) was measured faster than its unstable one.
+    # sort (a merge sort) is the faster of the two there.
     return sort_keys.low_positions(jax.lax.sort(packed, dimension=1))
 
 
@@ -205,9 +205,8 @@ def _by_platform(fn: Callable[[str], Callable[..., jax.Array]],
 # On XLA:CPU the elementwise passes around the sort (key, pack, unpack,
 # scatter) stream whole arrays through memory, and a 64-bit packed array is
 # twice the size of the int32 floor's. For large leaves, running the whole
-# reconnect block by block of rows (``lax.map``) keeps each block's
-# temporaries in cache: measured 1.4x -> 1.1-1.15x of the floor on a
-# 4096x4096 kernel, no change below one block.
+# reconnect block by block of rows keeps each block's temporaries in cache
+# (BENCHMARKS.md has the measurement); below one block nothing changes.
 CPU_BLOCK_ELEMENTS = 2**18
 """On CPU, leaves larger than this many entries are processed in row blocks
 of about this size (a divisor of the number of rows)."""
@@ -228,7 +227,7 @@ def block_rows(num_vectors: int, vector_length: int,
   target = max(1, block_elements // max(vector_length, 1))
   if num_vectors <= target:
     return num_vectors
-  divisors = set()
+  divisors: set[int] = set()
   for d in range(1, math.isqrt(num_vectors) + 1):
     if num_vectors % d == 0:
       divisors.update((d, num_vectors // d))

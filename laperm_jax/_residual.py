@@ -6,8 +6,7 @@ order, ``q = reconnect(c)``; the displacement ``c - q`` is lost. With values
 in ``{0, w}`` that loss stops training: an entry holding 0 overtakes one
 holding ``w`` only if the inner optimizer moves it by more than ``w`` within
 one period of ``k`` steps, and Adam's normalised steps move both by about
-the same amount, so after a few syncs nothing moves (experiments/RESULTS.md,
-sections 3 and 8).
+the same amount, so after a few syncs nothing moves (experiments/RESULTS.md).
 
 With a carry ``beta`` in (0, 1] each reconnected weight keeps a residual
 ``r`` (zero at init). A sync ranks ``key = c + r`` instead of ``c``, writes
@@ -28,18 +27,27 @@ and written only on sync steps.
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from laperm_jax import _pool
+from laperm_jax._typing import PyTree
+
+Carry = float | jax.typing.ArrayLike
+"""``beta``: a Python float, or a float scalar array (possibly a tracer)."""
 
 
-def validate(carry_residual):
-  """The carry, or None when it is off (None or 0: the paper's sync).
+def carry_or_none(carry_residual: float | jax.typing.ArrayLike | None
+                  ) -> Carry | None:
+  """The carry ``beta``, or None when it is off (None or 0: the paper's sync).
 
   A Python number must be in [0, 1] and comes back as a float. A scalar
   array (e.g. from ``optax.inject_hyperparams``) turns the carry on with a
   value that may change between calls; it is range-checked only when it is
   concrete (a tracer passes unchecked).
+
+  Example:
+    >>> from laperm_jax._residual import carry_or_none
+    >>> carry_or_none(0) is None, carry_or_none(1)
+    (True, 1.0)
   """
   if carry_residual is None:
     return None
@@ -69,41 +77,20 @@ def _check_range(value: float) -> float:
   return value
 
 
-def init(pool, params):
+def init(pool: PyTree, params: PyTree) -> PyTree:
   """Zero residuals for the reconnected leaves, ``MaskedNode`` elsewhere."""
   return jax.tree.map(
       lambda entry, p: entry if _pool.is_masked(entry) else jnp.zeros_like(p),
       pool, params, is_leaf=_pool.is_pool_entry)
 
 
-def ranking_keys(candidate_leaves, residual_leaves):
-  """``candidate + residual`` for leaves with a residual, else the candidate.
-
-  ``residual_leaves`` is aligned with the candidate's leaves and holds None
-  where a leaf is not reconnected.
-  """
-  return [c if r is None else (c + r).astype(jnp.result_type(c))
-          for c, r in zip(candidate_leaves, residual_leaves)]
+def ranking_key(candidate: jax.Array, residual: jax.Array) -> jax.Array:
+  """``candidate + residual``, in the candidate's dtype."""
+  return (candidate + residual).astype(jnp.result_type(candidate))
 
 
-def carried(key_leaves, reconnected_leaves, residual_leaves, beta: float):
-  """``beta * (key - reconnected)`` per leaf with a residual (None elsewhere)."""
-  return [None if r is None else
-          (beta * (k - q)).astype(jnp.result_type(r))
-          for k, q, r in zip(key_leaves, reconnected_leaves, residual_leaves)]
-
-
-def aligned(residual, n_leaves: int):
-  """The residual tree as a list aligned with params' leaves (None = none)."""
-  leaves = jax.tree.leaves(residual, is_leaf=_pool.is_masked)
-  if len(leaves) != n_leaves:
-    raise ValueError('the residual does not match the params structure; '
-                     'restore the state against jax.eval_shape(tx.init, '
-                     'params).')
-  return [None if _pool.is_masked(r) else r for r in leaves]
-
-
-def rebuilt(treedef, leaves):
-  """The residual tree from an aligned list (None -> ``MaskedNode``)."""
-  return jax.tree.unflatten(
-      treedef, [optax.MaskedNode() if r is None else r for r in leaves])
+def carried(key: jax.Array, reconnected: jax.Array, residual: jax.Array,
+            beta: Carry) -> jax.Array:
+  """``beta * (key - reconnected)``, in the residual's dtype."""
+  return jnp.asarray(beta * (key - reconnected)).astype(
+      jnp.result_type(residual))

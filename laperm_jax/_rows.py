@@ -59,14 +59,14 @@ def sort_sharding(x: jax.Array, axes: Sequence[int]) -> NamedSharding | None:
   gathered onto the first non-vector (batch) axis of ``x``, in order (those
   already there first), as far as that axis divides evenly; the rest are
   dropped (replicated). Vector axes and later batch axes end up unsharded,
-  so that flattening ``x`` into rows is a plain block layout.
+  so that flattening ``x`` into rows keeps every row on one device.
 
   Args:
     x: an array or tracer.
     axes: the normalised vector axes of ``x``.
 
   Returns:
-    The new sharding, or None when ``x``'s layout already is that one (an
+    The new sharding, or None when ``x``'s sharding already is that one (an
     output-axis-sharded kernel, an unsharded leaf, an Auto mesh).
 
   """
@@ -108,29 +108,29 @@ def map_rows(fn: Callable[..., jax.Array], *rows: jax.Array) -> jax.Array:
   are.
   """
   sharding = _named_sharding(rows[0])
-  names = ()
+  names: tuple[str, ...] = ()
   if sharding is not None and len(sharding.spec) >= 1:
     explicit = _explicit_names(sharding)
     names = tuple(n for n in _names(sharding.spec[0]) if n in explicit)
-  if not names:
+  if sharding is None or not names:
     return fn(*rows)
   row_spec = P(_entry(names), None)
   target = NamedSharding(sharding.mesh, row_spec)
-  rows = [r if _named_sharding(r) == target else
-          jax.sharding.reshard(r, target) for r in rows]
+  placed = [r if _named_sharding(r) == target else
+            jax.sharding.reshard(r, target) for r in rows]
   return jax.shard_map(
-      fn, mesh=sharding.mesh, in_specs=(row_spec,) * len(rows),
-      out_specs=P(_entry(names)), check_vma=False)(*rows)
+      fn, mesh=sharding.mesh, in_specs=(row_spec,) * len(placed),
+      out_specs=P(_entry(names)), check_vma=False)(*placed)
 
 
-def to_sort_layout(x: jax.Array, target: NamedSharding | None) -> jax.Array:
+def to_sort_sharding(x: jax.Array, target: NamedSharding | None) -> jax.Array:
   """Reshards ``x`` to ``target`` (from :func:`sort_sharding`), if any."""
   if target is None:
     return x
   return jax.sharding.reshard(x, target)
 
 
-def restore_layout(result: jax.Array, like: jax.Array,
+def restore_sharding(result: jax.Array, like: jax.Array,
                    target: NamedSharding | None) -> jax.Array:
   """Puts ``result`` back on the sharding of ``like`` (the input leaf).
 
@@ -153,7 +153,6 @@ def restore_layout(result: jax.Array, like: jax.Array,
       getattr(result, 'sharding', None) != sharding):
     return jax.device_put(result, sharding)
   return result
-
 
 
 def _transpose_order(ndim: int, axes: tuple[int, ...]) -> list[int]:
@@ -191,9 +190,9 @@ def on_rows(fn: Callable[..., jax.Array], leaf, axes: tuple[int, ...],
   """
   leaf = jnp.asarray(leaf)
   target = sort_sharding(leaf, axes)
-  rows = [to_rows(to_sort_layout(jnp.asarray(x), target), axes)
+  rows = [to_rows(to_sort_sharding(jnp.asarray(x), target), axes)
           for x in (leaf, *others)]
   out = map_rows(fn, *rows)
   if not rows_out:
     return out
-  return restore_layout(from_rows(out, axes, jnp.shape(leaf)), leaf, target)
+  return restore_sharding(from_rows(out, axes, jnp.shape(leaf)), leaf, target)

@@ -1,7 +1,7 @@
 """Order-preserving integer keys for floats, and packing them with positions.
 
 XLA sorts one unsigned-integer operand much faster than float keys or several
-operands (about 6x on XLA:CPU), so the fast reconnect paths never sort floats.
+operands (BENCHMARKS.md), so the fast reconnect paths never sort floats.
 They sort integers built here.
 
 The key. A float's bit pattern, read as an unsigned integer, already orders

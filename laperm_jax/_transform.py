@@ -1,129 +1,153 @@
-"""LaPerm as an Optax gradient transformation (semantics: README.md)."""
+"""LaPerm as an Optax gradient transformation (semantics: README.md).
+
+The paper's algorithm (Qiu & Suda 2020, Algorithm 1), step by step:
+
+1. Sort each weight vector's initial values: the pool
+   (:func:`laperm_jax.sorted_pool`, in :func:`_init_state`).
+2. Every step, the inner optimizer proposes ``u`` from the gradients
+   (``inner.update``, in ``update_fn``).
+3. Every ``k``-th step (``is_sync`` in ``update_fn``, ``k`` from
+   :func:`laperm_jax._sync_period.period_at`), rank the candidate
+   ``theta + u`` within each vector (:func:`_ranking_key`, plus the carried
+   residual when ``carry_residual`` is on) ...
+4. ... and give each entry the pool value of its rank
+   (:func:`laperm_jax._pool.reconnect_leaf`); the update returned is
+   ``reconnected - theta`` in the wider dtype (:func:`_update_to`).
+   :func:`_sync` is steps 3 and 4.
+5. Optionally record what the sync changed (:func:`_sync_changes`) and reset
+   the inner state (:func:`_fresh_inner_state`).
+
+A non-sync step costs what the inner optimizer costs: nothing it needs passes
+through the ``lax.cond`` that holds the sync (a value leaving a conditional is
+a materialised buffer and XLA does not fuse across it). The sync branch runs
+the inner update itself (the same function of the same inputs) and returns
+``reconnected - theta``; the non-sync branch returns zeros; a select outside
+the cond, fused with the inner update and ``apply_updates``, picks
+(:func:`_select_update`). The inner update outside the cond is ordered after
+the cond by :func:`_after_cond`.
+"""
+
+from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from laperm_jax import _pool
+from laperm_jax import _ranking
 from laperm_jax import _residual
+from laperm_jax import _sync_period
+from laperm_jax._states import LaPermState
+from laperm_jax._states import SyncChanges
+from laperm_jax._typing import Mask
+from laperm_jax._typing import PyTree
+from laperm_jax._typing import SyncPeriod
+from laperm_jax._typing import VectorAxes
 
-SyncPeriod = int | jax.Array | Callable[[jax.Array], jax.Array | int]
 
+def _on_pool(fn: Callable[..., Any], entries: PyTree, *trees: PyTree
+             ) -> PyTree:
+  """``fn(entry, *leaves)`` per reconnected leaf; ``MaskedNode`` elsewhere.
 
-class SyncChanges(NamedTuple):
-  """What the last sync changed (``laperm(..., track_changes=True)``).
-
-  Attributes:
-    previous: the exact weights after the last sync (at init: the initial
-      weights), ``optax.MaskedNode()`` for leaves without pool: one more copy
-      of the reconnected params.
-    changed_fraction: float32 scalar, the fraction of reconnected weights
-      whose value the last sync changed (0 before the first sync). 0 at a
-      sync means that it moved nothing: ``k`` (times the learning rate) is
-      too small for any weight to overtake another.
-    created: int32 scalar, reconnected weights that were 0 and are not.
-    removed: int32 scalar, reconnected weights that were not 0 and are.
-
-  Example:
-    >>> import jax.numpy as jnp, optax
-    >>> from laperm_jax import laperm
-    >>> params = {'w': jnp.array([[0., 1.], [2., 0.]])}
-    >>> tx = laperm(optax.sgd(1.0), sync_period=1, track_changes=True)
-    >>> state = tx.init(params)
-    >>> grads = {'w': jnp.array([[-5., 0.], [0., 0.]])}  # w[0, 0] overtakes
-    >>> updates, state = tx.update(grads, state, params)
-    >>> changes = state.changes
-    >>> float(changes.changed_fraction), int(changes.created), int(changes.removed)
-    (0.5, 1, 1)
+  ``entries`` is :func:`laperm_jax._pool.pool_like`'s tree; ``trees`` have
+  params' structure (a ``MaskedNode`` subtree is fine where ``entries`` has
+  one).
   """
-  previous: optax.Params
-  changed_fraction: jax.Array
-  created: jax.Array
-  removed: jax.Array
+  return jax.tree.map(
+      lambda entry, *leaves: entry if _pool.is_masked(entry) else fn(
+          entry, *leaves), entries, *trees, is_leaf=_pool.is_pool_entry)
 
 
-class LaPermState(NamedTuple):
-  """State of :func:`laperm`.
+def _params_shaped(tree: PyTree, params_def: jax.tree_util.PyTreeDef
+                   ) -> PyTree:
+  """A state tree (``MaskedNode`` at leaves without pool) in params' shape."""
+  leaves = jax.tree.leaves(tree, is_leaf=_pool.is_masked)
+  if len(leaves) != params_def.num_leaves:
+    raise ValueError('the state does not match the params structure; '
+                     'restore the state against jax.eval_shape(tx.init, '
+                     'params).')
+  return jax.tree.unflatten(params_def, leaves)
 
-  Attributes:
-    count: int32 scalar, the number of update calls so far.
-    steps_since_sync: int32 scalar, update calls since the last sync (0 right
-      after a sync); always below the current sync period.
-    inner_state: the inner optimizer's state, never reset or permuted at a sync
-      unless ``reset_inner_state=True``.
-    pool: per reconnected leaf a :class:`PoolLeaf` (its initial values sorted
-      within each weight vector, and the vector axes);
-      ``optax.MaskedNode()`` for leaves that are not reconnected.
-    changes: a :class:`SyncChanges` with ``track_changes=True``, else
-      ``optax.EmptyState()``.
-    residual: with ``carry_residual > 0``, per reconnected leaf the residual
-      the next sync adds to the candidate before ranking (``MaskedNode`` for
-      leaves without pool); else ``optax.EmptyState()``.
 
-  Example:
-    >>> import jax.numpy as jnp, optax
-    >>> from laperm_jax import laperm
-    >>> params = {'w': jnp.array([[3., 0.], [1., 2.]]), 'b': jnp.zeros(2)}
-    >>> state = laperm(optax.sgd(0.1), sync_period=5).init(params)
-    >>> int(state.count), int(state.steps_since_sync)
-    (0, 0)
-    >>> state.pool['w'].values  # each column sorted; 'b' has no pool
-    Array([[1., 0.],
-           [3., 2.]], dtype=float32)
+def _wide_dtype(param: jax.typing.ArrayLike, update: Any) -> jnp.dtype:
+  """The wider of the param and update dtypes: the dtype of a sync update.
+
+  ``apply_updates``' ``p + u`` then lands within an ulp of the pool value (an
+  update rounded to bfloat16 could land thousands of ulps away).
   """
-  count: jax.Array
-  steps_since_sync: jax.Array
-  inner_state: optax.OptState
-  pool: optax.Params
-  changes: SyncChanges | optax.EmptyState = optax.EmptyState()
-  residual: optax.Params | optax.EmptyState = optax.EmptyState()
+  return jnp.promote_types(jnp.result_type(param), update.dtype)
 
 
-def _validate_sync_period(sync_period) -> None:
-  """Checks a concrete sync period; tracers and schedules pass unchecked."""
-  if callable(sync_period) or isinstance(sync_period, jax.core.Tracer):
-    return
-  if isinstance(sync_period, (bool, np.bool_)):
-    raise TypeError(f'sync_period must be a positive int, got {sync_period!r}.')
-  if isinstance(sync_period, (np.ndarray, jax.Array)):
-    if sync_period.shape != () or not jnp.issubdtype(sync_period.dtype,
-                                                     jnp.integer):
-      raise TypeError('sync_period must be a positive int or an integer '
-                      f'scalar array, got {sync_period!r}.')
-    sync_period = int(sync_period)
-  elif not isinstance(sync_period, (int, np.integer)):
-    raise TypeError(
-        'sync_period must be a positive int or a schedule (a callable of the '
-        f'int32 step count), got {sync_period!r}.')
-  if sync_period <= 0:
-    raise ValueError(f'sync_period must be positive, got {sync_period}.')
+def _ranking_key(entry: _pool.PoolLeaf, param: jax.Array, update: jax.Array,
+                 residual: jax.Array | None = None) -> jax.Array:
+  """The candidate ``param + update`` in the param dtype, plus the residual."""
+  del entry
+  candidate = jnp.asarray(param + update).astype(jnp.result_type(param))
+  if residual is None:
+    return candidate
+  return _residual.ranking_key(candidate, residual)
 
 
-def _period_at(sync_period: SyncPeriod, count: jax.Array) -> jax.Array:
-  if callable(sync_period):
-    period = sync_period(count)
-    if not isinstance(period, jax.core.Tracer):
-      try:
-        _validate_sync_period(period)
-      except (TypeError, ValueError) as e:
-        where = ('' if isinstance(count, jax.core.Tracer) else
-                 f' at count {int(count)}')
-        raise type(e)(f'the sync_period schedule returned {period!r}{where}: '
-                      f'{e}') from None
-    return jnp.asarray(period, dtype=jnp.int32)
-  return jnp.asarray(sync_period, dtype=jnp.int32)
+def _update_to(entry: _pool.PoolLeaf, param: jax.Array,
+               reconnected: jax.Array, update: jax.Array) -> jax.Array:
+  """``reconnected - param`` in the wider of the param and update dtypes."""
+  del entry
+  wide = _wide_dtype(param, update)
+  return jnp.asarray(reconnected).astype(wide) - jnp.asarray(param).astype(
+      wide)
+
+
+def _sync(entries: PyTree, params: PyTree, inner_updates: PyTree,
+          residual: PyTree | None, beta: _residual.Carry | None,
+          variant: str | None) -> tuple[PyTree, PyTree, PyTree | None]:
+  """Steps 3 and 4: rank the candidates, take the pool values in that order.
+
+  Returns:
+    ``(updates, reconnected, residual)``: per reconnected leaf the update
+    onto the reconnected weights, the reconnected weights, and the carried
+    residual (None without carry); ``MaskedNode`` at leaves without pool.
+  """
+  if residual is None:
+    keys = _on_pool(_ranking_key, entries, params, inner_updates)
+  else:
+    keys = _on_pool(_ranking_key, entries, params, inner_updates, residual)
+  reconnected = _on_pool(
+      lambda entry, key: _pool.reconnect_leaf(entry, key, variant), entries,
+      keys)
+  if residual is not None and beta is not None:
+    carry: _residual.Carry = beta
+    residual = _on_pool(
+        lambda _, key, q, r: _residual.carried(key, q, r, carry), entries,
+        keys, reconnected, residual)
+  updates = _on_pool(_update_to, entries, params, reconnected, inner_updates)
+  return updates, reconnected, residual
+
+
+def _sync_changes(entries: PyTree, previous: PyTree, reconnected: PyTree
+                  ) -> SyncChanges:
+  """What a sync changed between ``previous`` and ``reconnected`` weights."""
+  def count(fn):
+    per_leaf = _on_pool(lambda _, a, b: jnp.sum(fn(a, b), dtype=jnp.int32),
+                        entries, previous, reconnected)
+    return sum(jax.tree.leaves(per_leaf), jnp.zeros([], jnp.int32))
+  changed = count(lambda a, b: ~_pool.same_values(a, b))
+  created = count(lambda a, b: (a == 0) & ~(b == 0))
+  removed = count(lambda a, b: ~(a == 0) & (b == 0))
+  total = sum(entry.values.size for entry in jax.tree.leaves(
+      entries, is_leaf=_pool.is_pool_entry) if not _pool.is_masked(entry))
+  fraction = changed.astype(jnp.float32) / max(total, 1)
+  return SyncChanges(reconnected, fraction, created, removed)
 
 
 _SCHEDULE_STATES = (optax.ScaleByScheduleState, optax.InjectHyperparamsState,
                     optax.InjectStatefulHyperparamsState)
 
 
-def _keep_schedule_counters(fresh: optax.OptState, old: optax.OptState
-                            ) -> optax.OptState:
+def _keep_schedule_counters(fresh: PyTree, old: PyTree) -> PyTree:
   """``fresh`` with the schedule counters (and injected values) of ``old``."""
   def keep(f, o):
     if isinstance(f, optax.ScaleByScheduleState):
@@ -136,34 +160,122 @@ def _keep_schedule_counters(fresh: optax.OptState, old: optax.OptState
                       is_leaf=lambda x: isinstance(x, _SCHEDULE_STATES))
 
 
-def _count_changes(pool, previous, reconnected, changes: SyncChanges
-                   ) -> SyncChanges:
-  changed = created = removed = jnp.zeros([], jnp.int32)
-  total = 0
-  for entry, before, after in zip(
-      jax.tree.leaves(pool, is_leaf=_pool.is_pool_entry),
-      jax.tree.leaves(previous, is_leaf=_pool.is_masked),
-      jax.tree.leaves(reconnected, is_leaf=_pool.is_masked)):
+def _fresh_inner_state(init: Callable[[PyTree], PyTree], params: PyTree,
+                       inner_state: PyTree, updates: PyTree) -> PyTree:
+  """The inner state re-initialised at the reconnected params (step 5).
+
+  Learning-rate schedule counters keep counting.
+  """
+  new_params = optax.apply_updates(params, updates)
+  return _keep_schedule_counters(init(new_params), inner_state)
+
+
+def _after_cond(token: jax.Array, grads: PyTree) -> PyTree:
+  """``grads``, bit for bit, but known only once the sync cond has run.
+
+  The inner update outside the cond updates the inner state in place (Adam
+  writes its moments over the old ones, reading the gradients). The sync
+  branch reads the old state. When nothing orders the two, XLA must keep the
+  old state alive while the new one is written and copies every moment on
+  every step. Feeding the gradients through a select on a token that comes
+  out of the cond puts the in-place update after the sync branch's read.
+  State leaves that do not read the gradients are scalars in optax's
+  optimizers, so their copies cost nothing.
+
+  The invariant: the token must be computed inside the cond, never forwarded
+  from an operand by every branch. The sync branch returns
+  ``jnp.maximum(count, 0)`` (the non-sync branch may forward ``count``).
+  Returning ``count`` itself there, which looks like a harmless
+  simplification, lets XLA see that every branch forwards the operand and
+  replace the cond's output by the operand: the token then no longer depends
+  on the cond and every moment copy comes back. Passing the gradients and the
+  token through ``jax.lax.optimization_barrier`` instead of this select does
+  not order the update either: XLA still copies every moment (the barrier
+  only keeps its operands from being moved across it).
+  ``tests/test_non_sync_path.py::test_a_donated_step_copies_nothing_param_sized``
+  fails when either is planted.
+
+  Args:
+    token: the int32 count as it leaves the sync cond (never negative).
+    grads: the gradients the inner update reads.
+
+  Returns:
+    ``grads``, unchanged in value (``-0.0`` and NaN included).
+  """
+  after = token < 0  # always False
+  def ordered(g):
+    if not isinstance(g, jax.Array):
+      return g
+    return jnp.where(after, jnp.zeros_like(g), g)
+  return jax.tree.map(ordered, grads)
+
+
+def _select_update(is_sync: jax.Array, entries: PyTree, sync_updates: PyTree,
+                   inner_updates: PyTree) -> PyTree:
+  """Per reconnected leaf, the sync update on a sync step, else the inner
+  update in the same (wider) dtype; the inner update elsewhere."""
+  def select(entry, sync_update, update):
     if _pool.is_masked(entry):
-      continue
-    was_zero, is_zero = before == 0, after == 0
-    changed += jnp.sum(~_pool.same_values(before, after), dtype=jnp.int32)
-    created += jnp.sum(was_zero & ~is_zero, dtype=jnp.int32)
-    removed += jnp.sum(~was_zero & is_zero, dtype=jnp.int32)
-    total += before.size
-  fraction = changed.astype(jnp.float32) / max(total, 1)
-  return SyncChanges(reconnected, fraction, created, removed)
+      return update
+    return jnp.where(is_sync, sync_update, jnp.asarray(update).astype(
+        sync_update.dtype))
+  return jax.tree.map(select, entries, sync_updates, inner_updates,
+                      is_leaf=_pool.is_pool_entry)
+
+
+def _init_changes(pool: PyTree, params: PyTree) -> SyncChanges:
+  previous = jax.tree.map(
+      lambda entry, p: entry if _pool.is_masked(entry) else jnp.asarray(p),
+      pool, params, is_leaf=_pool.is_pool_entry)
+  zero = jnp.zeros([], jnp.int32)
+  return SyncChanges(previous, jnp.zeros([], jnp.float32), zero, zero)
+
+
+def _init_state(inner: optax.GradientTransformation, params: PyTree,
+                mask: Mask | None, vector_axes: VectorAxes | None,
+                track_changes: bool, carry: bool) -> LaPermState:
+  """Step 1: the pool, the inner state, zero counters (and residuals)."""
+  pool = _pool.sorted_pool(params, mask=mask, vector_axes=vector_axes)
+  return LaPermState(
+      count=jnp.zeros([], jnp.int32),
+      steps_since_sync=jnp.zeros([], jnp.int32),
+      inner_state=inner.init(params),
+      pool=pool,
+      changes=(_init_changes(pool, params) if track_changes else
+               optax.EmptyState()),
+      residual=(_residual.init(pool, params) if carry else
+                optax.EmptyState()),
+  )
+
+
+def _pool_for_update(params: PyTree | None, pool: PyTree) -> PyTree:
+  """:func:`laperm_jax._pool.pool_like`, once params are known to fit."""
+  if params is None:
+    raise ValueError(
+        'laperm needs the current params: call '
+        '`tx.update(grads, state, params)`. The sync replaces weights, so '
+        'it must see them.')
+  _pool.check_param_dtypes(params, pool)
+  return _pool.pool_like(params, pool)
+
+
+def _zero_updates(entries: PyTree, params: PyTree, inner_updates: PyTree
+                  ) -> PyTree:
+  """The non-sync branch's updates: zeros in the sync update's dtype."""
+  return _on_pool(lambda _, p, u: jnp.zeros_like(p, _wide_dtype(p, u)),
+                  entries, params, inner_updates)
 
 
 def laperm(
     inner: optax.GradientTransformation,
     sync_period: SyncPeriod,
     *,
-    mask=None,
-    vector_axes=None,
+    mask: Mask = None,
+    vector_axes: VectorAxes = None,
     reset_inner_state: bool = False,
     track_changes: bool = False,
-    carry_residual: float | None = None,
+    carry_residual: float | jax.Array | None = None,
+    reconnect_variant: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """LaPerm: an inner optimizer plus a reconnection of weights every k steps.
 
@@ -180,8 +292,9 @@ def laperm(
       Its ``update`` is traced more than once (the sync branch runs it
       itself), so it must be a pure function of its arguments, as optax
       requires.
-    sync_period: ``k``, a positive int, or a schedule: a callable of the int32
-      count of previous update calls returning ``k``.
+    sync_period: ``k``, a positive int (or int32 scalar array), or a
+      schedule: a callable of the int32 count of previous update calls
+      returning ``k``.
     mask: which leaves are reconnected, with ``optax.masked`` semantics (True =
       reconnected; a pytree prefix of params or a callable of params).
       Default :func:`default_mask`.
@@ -204,7 +317,14 @@ def laperm(
       the same way over several periods overtake even when one period's push
       is smaller than the gap between pool values (shared-value ``{0, w}``
       networks). The synced weights are still exact permutations of the
-      pool. One more copy of the reconnected params in the state.
+      pool. One more copy of the reconnected params in the state. A float
+      scalar array (e.g. from ``optax.inject_hyperparams``) is accepted too.
+    reconnect_variant: how XLA is asked to sort at a sync: ``'auto'`` (the
+      measured choice for the platform compiled for), ``'packed'``,
+      ``'packed_cosort'``, ``'keyed'`` or ``'keyed_cosort'``. Every variant
+      gives the same bits; only the speed differs. None (default): the
+      environment variable ``LAPERM_JAX_RECONNECT_VARIANT`` when it is set
+      (read when the update is traced), else ``'auto'``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -228,142 +348,61 @@ def laperm(
     Qiu & Suda, `Train-by-Reconnect: Decoupling Locations of Weights from
     Their Values <https://arxiv.org/abs/2003.02570>`_, NeurIPS 2020.
   """
-  _validate_sync_period(sync_period)
-  beta = _residual.validate(carry_residual)
+  _sync_period.check_sync_period(sync_period)
+  beta = _residual.carry_or_none(carry_residual)
+  if reconnect_variant is not None:
+    _ranking.forced_variant(reconnect_variant)
   inner = optax.with_extra_args_support(inner)
 
-  def init_fn(params: optax.Params) -> LaPermState:
+  def init_fn(params: PyTree) -> LaPermState:
     if callable(sync_period):
-      _period_at(sync_period, jnp.zeros([], jnp.int32))
-    pool = _pool.sorted_pool(params, mask, vector_axes)
-    changes = optax.EmptyState()
-    if track_changes:
-      previous = jax.tree.map(
-          lambda entry, p: entry if _pool.is_masked(entry) else jnp.asarray(p),
-          pool, params, is_leaf=_pool.is_pool_entry)
-      zero = jnp.zeros([], jnp.int32)
-      changes = SyncChanges(previous, jnp.zeros([], jnp.float32), zero, zero)
-    return LaPermState(
-        count=jnp.zeros([], jnp.int32),
-        steps_since_sync=jnp.zeros([], jnp.int32),
-        inner_state=inner.init(params),
-        pool=pool,
-        changes=changes,
-        residual=(_residual.init(pool, params) if beta is not None else
-                  optax.EmptyState()),
-    )
+      _sync_period.period_at(sync_period, jnp.zeros([], jnp.int32))
+    return _init_state(inner, params, mask, vector_axes, track_changes,
+                       beta is not None)
 
-  def update_fn(updates: optax.Updates, state: LaPermState,
-                params: optax.Params | None = None, **extra_args
-                ) -> tuple[optax.Updates, LaPermState]:
-    if params is None:
-      raise ValueError(
-          'laperm needs the current params: call '
-          '`tx.update(grads, state, params)`. The sync replaces weights, so '
-          'it must see them.')
-    _pool.check_params(params, state.pool)
-    period = _period_at(sync_period, state.count)
+  def update_fn(updates: PyTree, state: LaPermState,
+                params: PyTree | None = None, **extra_args: Any
+                ) -> tuple[PyTree, LaPermState]:
+    entries = _pool_for_update(params, state.pool)
+    params_def = jax.tree.structure(params)
     steps_since_sync = state.steps_since_sync + 1
-    is_sync = steps_since_sync >= period
-    treedef = jax.tree.structure(params)
-    entries = [entry for _, _, entry in _pool.zip_with_pool(params,
-                                                            state.pool)]
-    picked = [i for i, entry in enumerate(entries) if entry is not None]
-    p_leaves = treedef.flatten_up_to(params)
+    is_sync = steps_since_sync >= _sync_period.period_at(sync_period,
+                                                         state.count)
+    inner_update = functools.partial(inner.update, params=params, **extra_args)
 
-    def inner_update(grads, inner_state):
-      return inner.update(grads, inner_state, params, **extra_args)
-
-    # The returned update of a reconnected leaf is in the wider of the param
-    # and update dtypes, so that apply_updates' `p + u` lands within an ulp
-    # of the pool value (an update rounded to bfloat16 could land thousands
-    # of ulps away).
-    u_avals = treedef.flatten_up_to(
-        jax.eval_shape(inner_update, updates, state.inner_state)[0])
-    wide = {i: jnp.promote_types(jnp.result_type(p_leaves[i]),
-                                 u_avals[i].dtype) for i in picked}
-
-    # A non-sync step must cost what the inner optimizer costs. Whatever
-    # leaves a `lax.cond` is a materialised buffer, and XLA does not fuse
-    # across a conditional: inner updates passed through it are written and
-    # read once more per step and cannot fuse into apply_updates' add (1.07-
-    # 1.11x a plain Adam step on LeNet-300-100, CPU, BENCHMARKS.md). So nothing
-    # the non-sync path needs goes through the cond: the sync branch runs the
-    # inner update itself (the same function of the same inputs) and returns
-    # `reconnected - params`; the non-sync branch returns zeros (a memset),
-    # and a select outside, fused with the inner update and apply_updates,
-    # picks. The cond also returns a scalar `order` that the gradients pass
-    # through on their way to the inner update below (without it XLA copies
-    # every moment: BENCHMARKS.md).
-    def sync(order, changes, residual):
+    def sync(token, changes, residual):
       inner_updates, _ = inner_update(updates, state.inner_state)
-      u_leaves = treedef.flatten_up_to(inner_updates)
-      by_index = {i: u_leaves[i] for i in picked}
-      c_leaves = [jnp.asarray(p + by_index[i]).astype(jnp.result_type(p))
-                  if i in by_index else p for i, p in enumerate(p_leaves)]
-      if beta is not None:
-        r_leaves = _residual.aligned(residual, len(p_leaves))
-        c_leaves = _residual.ranking_keys(c_leaves, r_leaves)
-      candidate = jax.tree.unflatten(treedef, c_leaves)
-      q_leaves = treedef.flatten_up_to(_pool.reconnect(candidate, state.pool))
-      if beta is not None:
-        residual = _residual.rebuilt(treedef, _residual.carried(
-            c_leaves, q_leaves, r_leaves, beta))
-      deltas = [jnp.asarray(q_leaves[i]).astype(wide[i]) -
-                jnp.asarray(p_leaves[i]).astype(wide[i]) for i in picked]
+      deltas, reconnected, new_residual = _sync(
+          entries, params, inner_updates,
+          _params_shaped(residual, params_def) if beta is not None else None,
+          beta, reconnect_variant)
       if track_changes:
-        reconnected = jax.tree.unflatten(treedef, [
-            optax.MaskedNode() if entry is None else q
-            for entry, q in zip(entries, q_leaves)])
-        changes = _count_changes(state.pool, changes.previous, reconnected,
-                                 changes)
-      return deltas, changes, residual, jnp.maximum(order, 0)
+        changes = _sync_changes(
+            entries, _params_shaped(changes.previous, params_def), reconnected)
+      return (deltas, changes, residual if beta is None else new_residual,
+              jnp.maximum(token, 0))  # computed, never forwarded: _after_cond
 
-    def no_sync(order, changes, residual):
-      deltas = [jnp.zeros_like(p_leaves[i], wide[i]) for i in picked]
-      return deltas, changes, residual, order
+    def no_sync(token, changes, residual):
+      u_avals = jax.eval_shape(inner_update, updates, state.inner_state)[0]
+      return _zero_updates(entries, params, u_avals), changes, residual, token
 
-    empty = ()
-    deltas, changes, residual, order = jax.lax.cond(
+    deltas, changes, residual, token = jax.lax.cond(
         is_sync, sync, no_sync, state.count,
-        state.changes if track_changes else empty,
-        state.residual if beta is not None else empty)
-    if beta is None:
-      residual = state.residual
-    if not track_changes:
-      changes = state.changes
-
-    # The gradients, bit for bit, but known only once the cond has run: the
-    # inner state's in-place update (Adam's moments read the gradients) then
-    # comes after the sync branch's read of the old state. State leaves that
-    # do not read the gradients are scalars in optax's optimizers.
-    after_cond = order < 0  # always False
-    def ordered(g):
-      if not isinstance(g, jax.Array):
-        return g
-      return jnp.where(after_cond, jnp.zeros_like(g), g)
-    inner_updates, inner_state = inner_update(jax.tree.map(ordered, updates),
+        state.changes if track_changes else (),
+        state.residual if beta is not None else ())
+    inner_updates, inner_state = inner_update(_after_cond(token, updates),
                                               state.inner_state)
-    u_leaves = treedef.flatten_up_to(inner_updates)
-    by_index = dict(zip(picked, deltas))
-    new_updates = jax.tree.unflatten(treedef, [
-        jnp.where(is_sync, by_index[i], jnp.asarray(u).astype(wide[i]))
-        if i in by_index else u for i, u in enumerate(u_leaves)])
+    new_updates = _select_update(is_sync, entries, deltas, inner_updates)
     if reset_inner_state:
-      def fresh(inner_state, new_updates):
-        new_params = optax.apply_updates(params, new_updates)
-        return _keep_schedule_counters(inner.init(new_params), inner_state)
-      inner_state = jax.lax.cond(is_sync, fresh, lambda s, _: s,
-                                 inner_state, new_updates)
-    new_state = LaPermState(
+      inner_state = jax.lax.cond(
+          is_sync, functools.partial(_fresh_inner_state, inner.init, params),
+          lambda s, _: s, inner_state, new_updates)
+    return new_updates, state._replace(
         count=optax.safe_increment(state.count),
         steps_since_sync=jnp.where(is_sync, 0, steps_since_sync).astype(
             jnp.int32),
         inner_state=inner_state,
-        pool=state.pool,
-        changes=changes,
-        residual=residual,
-    )
-    return new_updates, new_state
+        changes=changes if track_changes else state.changes,
+        residual=residual if beta is not None else state.residual)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -29,7 +29,7 @@ def make_params():
 
 
 def make_tx(**overrides):
-  settings = dict(inner=optax.adam(0.05), sync_period=SYNC_PERIOD)
+  settings = {'inner': optax.adam(0.05), 'sync_period': SYNC_PERIOD}
   settings.update(overrides)
   return laperm_jax.laperm(**settings)
 

@@ -103,7 +103,7 @@ def trajectory(params, grads_seq, inner, k, reconnected, carry_residual=0.0):
   on 1-based steps k, 2k, ...; the weights land on
   ``p + (reconnect(p + u) - p)`` as ``optax.apply_updates`` computes it.
   With ``carry_residual`` = beta > 0 a sync ranks candidate + residual and
-  keeps residual = beta * (ranked - reconnected) (issue 12's error feedback).
+  keeps residual = beta * (ranked - reconnected) (error feedback).
   Returns a list of (params, synced) per step.
   """
   params = {key: np.asarray(v, np.float32) for key, v in params.items()}

@@ -15,11 +15,11 @@ import tempfile
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 from jax.sharding import AxisType
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import numpy as np
+import optax
 
 import laperm_jax
 from laperm_jax import _ranking as ranking

@@ -139,8 +139,8 @@ def test_mask_of_the_wrong_structure(mask, error, message):
 
 @pytest.mark.parametrize('leaf, error, message', [
     (jnp.ones((3, 2), jnp.int32), TypeError,
-     r"'odd': only floating-point leaves can be reconnected, this one is "
-     r'int32; exclude it with `mask`'),
+     (r"'odd': only floating-point leaves can be reconnected, this one is "
+      r'int32; exclude it with `mask`')),
     (jnp.ones((3, 2), bool), TypeError, r"'odd': .* this one is bool"),
     (jnp.ones((3, 2), jnp.complex64), TypeError,
      r"'odd': .* this one is complex64"),
@@ -241,7 +241,7 @@ def test_none_leaves_pass_through():
 def test_half_precision_params(dtype):
   params = jax.tree.map(lambda p: p.astype(dtype), PARAMS)
   tx = laperm(optax.adam(0.1), 2)
-  out, state, history = steps(tx, params, 4)
+  out, state, _ = steps(tx, params, 4)
   assert jax.tree.map(lambda p: p.dtype, out) == jax.tree.map(
       lambda p: p.dtype, params)
   assert state.pool['dense']['kernel'].values.dtype == dtype
@@ -338,16 +338,18 @@ def test_vmap_over_an_ensemble_equals_member_runs_and_sorts_every_step():
     updates, states = update(jax.vmap(grads_like)(params), states, params)
     params = optax.apply_updates(params, updates)
   for i in range(3):
-    member = jax.tree.map(lambda x: x[i], ensemble)
+    def member_of(tree, i=i):
+      return jax.tree.map(lambda x: x[i], tree)
+    member = member_of(ensemble)
     expected, _, _ = steps(tx, member, 3)
     # Same ranks, hence the same pool values; Adam's arithmetic may round
     # differently when vectorised.
     np.testing.assert_allclose(params['dense']['kernel'][i],
                                expected['dense']['kernel'], rtol=1e-6,
                                atol=1e-6)
-    pool = jax.tree.map(lambda x: x[i], states.pool)
+    pool = member_of(states.pool)
     np.testing.assert_array_equal(
-        laperm_jax.reconnect(jax.tree.map(lambda x: x[i], params),
+        laperm_jax.reconnect(member_of(params),
                              pool)['dense']['kernel'],
         laperm_jax.reconnect(expected, pool)['dense']['kernel'])
   # The batched predicate turns the cond into a select: the sort is traced
@@ -399,7 +401,7 @@ def test_inject_hyperparams_around_laperm_makes_k_a_tracer():
     np.testing.assert_array_equal(x, y)
   # k can be changed in the state, as with any injected hyperparameter.
   state.hyperparams['sync_period'] = jnp.asarray(1, jnp.int32)
-  updates, state = jax.jit(injected.update)(grads_like(b), state, b)
+  _, state = jax.jit(injected.update)(grads_like(b), state, b)
   assert int(state.inner_state.steps_since_sync) == 0
   with pytest.raises(ValueError, match='sync_period must be positive'):
     make(optax.adam(0.1), sync_period=0).init(PARAMS)

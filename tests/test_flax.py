@@ -1,12 +1,12 @@
 """LaPerm inside Flax training: Linen TrainState and NNX Optimizer."""
 
+from flax import linen as nn
+from flax import nnx
+from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import linen as nn
-from flax import nnx
-from flax.training import train_state
 
 import laperm_jax
 

@@ -33,9 +33,9 @@ def make_params(dtype):
 
 def signature(text: str) -> dict:
   """What a lowered program does, as counts that tell the variants apart."""
-  return dict(sorts=text.count('stablehlo.sort'),
-              scatters=text.count('stablehlo.scatter'),
-              int64=bool(re.search(r'x(u)?i64>|tensor<(u)?i64>', text)))
+  return {'sorts': text.count('stablehlo.sort'),
+          'scatters': text.count('stablehlo.scatter'),
+          'int64': bool(re.search(r'x(u)?i64>|tensor<(u)?i64>', text))}
 
 
 @pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
@@ -107,3 +107,51 @@ def test_a_forced_variant_is_the_one_each_platform_runs(platform,
   for forced in ranking.VARIANTS:
     monkeypatch.setenv(ranking.ENV_VARIABLE, forced)
     assert lowered(None) == by_variant[forced], (platform, forced)
+
+
+# The documented choice per platform (README, `laperm_jax._ranking`), written
+# out here rather than read from the library, so that a change of the table
+# fails this test.
+DOCUMENTED_VARIANT = {
+    'cpu': 'packed',
+    'cuda': 'keyed_cosort',
+    'rocm': 'keyed_cosort',
+    'tpu': 'keyed_cosort',
+}
+
+
+def lowered_reconnect_rows(platform, variant):
+  rows = jnp.zeros((4, 300), jnp.float32)
+  fn = jax.jit(lambda c, p: ranking.reconnect_rows(c, p, variant=variant))
+  return signature(export.export(fn, platforms=(platform,))(
+      rows, rows).mlir_module())
+
+
+@pytest.mark.parametrize('platform', PLATFORMS)
+def test_the_automatic_variant_is_the_documented_one(platform):
+  by_variant = {variant: lowered_reconnect_rows(platform, variant)
+                for variant in ranking.VARIANTS}
+  assert len({tuple(s.values()) for s in by_variant.values()}) == len(
+      ranking.VARIANTS)
+  assert lowered_reconnect_rows(platform, None) == by_variant[
+      DOCUMENTED_VARIANT[platform]]
+
+
+def test_reconnect_variant_argument_chooses_the_sort(monkeypatch):
+  # One reconnected leaf: the update's sorts and scatters are its sync's.
+  params = {'w': jnp.zeros((300, 4), jnp.float32)}
+  monkeypatch.setenv(ranking.ENV_VARIABLE, 'packed')  # the argument wins
+
+  def lowered(fn, *args):
+    return signature(export.export(jax.jit(fn), platforms=('cpu',))(
+        *args).mlir_module())
+
+  for variant in ranking.VARIANTS:
+    want = lowered_reconnect_rows('cpu', variant)
+    tx = laperm_jax.laperm(optax.adam(1e-3), 2, reconnect_variant=variant)
+    state = tx.init(params)
+    assert lowered(tx.update, params, state, params) == want, variant
+    assert lowered(lambda p, s, v=variant: laperm_jax.reconnect(
+        p, s, variant=v), params, state.pool) == want, variant
+  with pytest.raises(ValueError, match='unknown reconnect variant'):
+    laperm_jax.laperm(optax.adam(1e-3), 2, reconnect_variant='bitonic')

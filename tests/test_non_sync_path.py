@@ -2,7 +2,7 @@
 
 A value that leaves a ``lax.cond`` is a materialised buffer and XLA does not
 fuse across a conditional, so the inner update must not pass through the
-cond that holds the sync (it did before, costing a write and a read of the
+cond that holds the sync (that would cost a write and a read of the
 reconnected params per step), and the cond's reads of the inner state must
 come before the state's in-place update (else XLA copies every moment).
 """

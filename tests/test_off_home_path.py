@@ -1,4 +1,4 @@
-"""Issue 8: no silent wrong results off the home path.
+"""No silent wrong results off the home path.
 
 Axes travel with the pool; framework layouts by default; mixed dtypes keep
 the documented bound; states found in any composition; exports into Flax and
@@ -6,13 +6,13 @@ Equinox models; MultiSteps and reset_inner_state; sync diagnostics.
 """
 
 import equinox as eqx
+from flax import linen as nn
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import linen as nn
-from flax import nnx
 
 import laperm_jax
 from tests import reference
@@ -72,6 +72,20 @@ def test_exact_params_finds_the_state_in_any_composition(name):
   pool = reference.pool_of(np.asarray(params['w']), axes=(1,))
   np.testing.assert_array_equal(
       exact['w'], reference.reconnect(np.asarray(out['w']), pool, axes=(1,)))
+
+
+def test_exact_params_and_has_synced_want_exactly_one_laperm_state():
+  params = {'w': jax.random.normal(KEY, (3, 5))}
+  tx = optax.chain(laperm_jax.laperm(optax.sgd(0.5), 2),
+                   laperm_jax.laperm(optax.sgd(0.5), 3))
+  state = tx.init(params)
+  for query in (lambda s: laperm_jax.exact_params(s, params),
+                laperm_jax.has_synced):
+    with pytest.raises(ValueError, match='expects one LaPermState in '
+                                         'opt_state, found 2'):
+      query(state)
+    with pytest.raises(ValueError, match='found no LaPermState'):
+      query(optax.adam(0.1).init(params))
 
 
 def test_exact_params_without_a_laperm_state():
@@ -257,7 +271,9 @@ def test_check_state_allocates_no_inner_state(monkeypatch):
       init, optax.adam(0.1).update), 2)
   state = tx.init(params)
   calls.clear()
-  laperm_jax.check_state(tx, state, params)
+  assert laperm_jax.check_state(tx, state, params) is state
+  # check_state evaluated tx.init, abstractly: no inner state was allocated.
+  assert calls
   assert all(c in ('ShapeDtypeStruct', 'DynamicJaxprTracer') or
              'Tracer' in c for c in calls), calls
 
@@ -357,7 +373,8 @@ def test_has_synced_and_changes_detect_a_k_that_is_too_small():
     p = params
     for step in range(1, 7):
       updates, state = jax.jit(tx.update)(
-          jax.tree.map(lambda x: jnp.cos(7.0 * x + step), p), state, p)
+          jax.tree.map(lambda x, step=step: jnp.cos(7.0 * x + step), p),
+          state, p)
       p = optax.apply_updates(p, updates)
       assert bool(laperm_jax.has_synced(state)) == (step % 3 == 0)
     assert (float(state.changes.changed_fraction) > 0) == moved

@@ -1,4 +1,4 @@
-"""laperm(..., carry_residual=beta): the issue-12 option, against NumPy."""
+"""laperm(..., carry_residual=beta): error feedback at syncs, against NumPy."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +8,10 @@ import pytest
 
 import laperm_jax
 from tests import reference
-from tests.test_transform import KERNELS, make_grads, make_params, run_laperm
+from tests.test_transform import KERNELS
+from tests.test_transform import make_grads
+from tests.test_transform import make_params
+from tests.test_transform import run_laperm
 
 
 def assert_exact_permutation_of(got: np.ndarray, initial: np.ndarray):
@@ -128,7 +131,12 @@ def test_jit_eval_shape_and_check_state():
   for grads in make_grads(4):
     updates, state = jax.jit(tx.update)(grads, state, params)
     params = optax.apply_updates(params, updates)
-  laperm_jax.check_state(tx, state, params)
+  assert laperm_jax.check_state(tx, state, params) is state
+  # A residual of another dtype does not fit this transformation.
+  narrowed = state._replace(residual=jax.tree.map(
+      lambda r: r.astype(jnp.bfloat16), state.residual))
+  with pytest.raises(ValueError, match=r'state\.residual/conv: .* bfloat16'):
+    laperm_jax.check_state(tx, narrowed, params)
 
 
 def test_inject_hyperparams_makes_the_carry_a_state_value():

@@ -25,7 +25,7 @@ def results():
   env.pop('LAPERM_JAX_RECONNECT_VARIANT', None)
   proc = subprocess.run([sys.executable, '-W', 'error', str(CHECKS)],
                         env=env, capture_output=True, text=True, timeout=900,
-                        cwd=CHECKS.parents[1])
+                        cwd=CHECKS.parents[1], check=False)
   lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULTS ')]
   assert proc.returncode == 0 and lines, (proc.stdout[-3000:] +
                                          proc.stderr[-5000:])

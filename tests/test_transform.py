@@ -57,7 +57,7 @@ def test_trajectory_matches_numpy_reference(k, inner_name):
   want = reference.trajectory(params, grads_seq, ref_inner, k, KERNELS)
   for step, ((got_params, state), (want_params, synced)) in enumerate(
       zip(got, want), start=1):
-    assert synced == (step % k == 0)
+    assert bool(laperm_jax.has_synced(state)) == synced
     assert int(state.count) == step
     assert int(state.steps_since_sync) == step % k
     for key in params:  # XLA may fuse arithmetic (FMA): ulps apart
@@ -75,6 +75,52 @@ def test_trajectory_matches_numpy_reference(k, inner_name):
             laperm_jax.reconnect({key: got_params[key]},
                                  {key: state.pool[key]})[key],
             reference.reconnect(want_params[key], pool))
+
+
+def test_has_synced_is_false_at_init_and_after_non_sync_steps():
+  params = {k: jnp.asarray(v) for k, v in make_params().items()}
+  tx = laperm_jax.laperm(optax.sgd(0.1), 3)
+  state = tx.init(params)
+  assert not bool(laperm_jax.has_synced(state))
+  synced = []
+  for grads in make_grads(4):
+    _, state = tx.update(grads, state, params)
+    synced.append(bool(laperm_jax.has_synced(state)))
+  assert synced == [False, False, True, False]
+
+
+def test_sync_changes_over_several_syncs_match_the_reference():
+  # Every sync moves weights, so `previous` must advance from sync to sync
+  # for the fractions to agree after the first one.
+  params, grads_seq, k = make_params(), make_grads(8), 2
+  got = run_laperm(laperm_jax.laperm(optax.adam(0.05), k, track_changes=True),
+                   params, grads_seq)
+  want = reference.trajectory(params, grads_seq, reference.Adam(0.05), k,
+                              KERNELS)
+  pools = {key: reference.pool_of(params[key]) for key in KERNELS}
+  previous = {key: params[key] for key in KERNELS}
+  total = sum(params[key].size for key in KERNELS)
+  fractions = []
+  for (_, state), (want_params, synced) in zip(got, want):
+    if not synced:
+      continue
+    exact = {key: reference.reconnect(want_params[key], pools[key])
+             for key in KERNELS}
+    changed = sum(np.sum(previous[key] != exact[key]) for key in KERNELS)
+    created = sum(np.sum((previous[key] == 0) & (exact[key] != 0))
+                  for key in KERNELS)
+    removed = sum(np.sum((previous[key] != 0) & (exact[key] == 0))
+                  for key in KERNELS)
+    changes = state.changes
+    assert changed > 0
+    fractions.append(float(changes.changed_fraction))
+    np.testing.assert_allclose(fractions[-1], changed / total, rtol=1e-6)
+    assert (int(changes.created), int(changes.removed)) == (created, removed)
+    for key in KERNELS:
+      np.testing.assert_array_equal(changes.previous[key], exact[key])
+    assert isinstance(changes.previous['bias'], optax.MaskedNode)
+    previous = exact
+  assert len(fractions) >= 3
 
 
 def test_syncs_land_on_multiples_of_k_and_pool_never_changes():

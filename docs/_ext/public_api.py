@@ -8,6 +8,7 @@ docstring is reported as a warning (an error under ``-W``).
 
 import importlib
 import inspect
+import typing
 
 from docutils import nodes
 from sphinx.util import logging
@@ -17,7 +18,9 @@ logger = logging.getLogger(__name__)
 
 
 def _entry(package: str, name: str, obj) -> list[str]:
-  if inspect.isclass(obj):
+  if obj is typing.Any or typing.get_origin(obj) is not None:  # a type alias
+    kind = 'autodata'
+  elif inspect.isclass(obj):
     kind = 'autoclass'
   elif callable(obj):
     kind = 'autofunction'
