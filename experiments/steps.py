@@ -168,15 +168,15 @@ class Steps:
       return new_carry, (ce, grads)
 
     def chunk(carry, idx, steps, x_train, y_train):
-      """Steps idx.shape[0] in a scan; the last one outside it, to return
-      the params just before it (the sync bound needs them)."""
+      """Steps idx.shape[0] in a scan, which also carries the params just
+      before each step (the sync bound needs those of the last)."""
       def body(c, inp):
-        c, (ce, _) = one_step(c, inp, x_train, y_train)
-        return c, ce
-      head, ce_head = jax.lax.scan(body, carry, (idx[:-1], steps[:-1]))
-      last, ce_last = body(head, (idx[-1], steps[-1]))
-      return (last, jnp.concatenate([ce_head, ce_last[None]]), head.params,
-              synced(last.opt_state))
+        train_carry, _ = c
+        new_carry, (ce, _) = one_step(train_carry, inp, x_train, y_train)
+        return (new_carry, train_carry.params), ce
+      (last, before), ce = jax.lax.scan(body, (carry, carry.params),
+                                        (idx, steps))
+      return last, ce, before, synced(last.opt_state)
 
     def single_step(carry, idx, step, x_train, y_train):
       new_carry, (ce, _) = one_step(carry, (idx, step), x_train, y_train)
