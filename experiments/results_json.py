@@ -94,7 +94,10 @@ def timings(loop: Loop, wall_time_s: float) -> dict:
       train_time_s=loop.train_time_s,
       steps_per_second=(steps_trained / loop.train_time_s
                         if loop.train_time_s > 0 else None),
-      n_syncs=steps_trained // pipe.k if loop.reconnects else 0)
+      n_syncs=steps_trained // pipe.k if loop.reconnects else 0,
+      compiled_programs=sorted(
+          ' '.join(map(str, key)) if isinstance(key, tuple) else key
+          for key in loop.steps.programs.compiled))
 
 
 def _counts(params0: Any, mask: Any) -> dict:
