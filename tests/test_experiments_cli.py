@@ -23,9 +23,11 @@ def test_results_contract(tmp_path):
   assert train.main(TINY + ['--optimizer', 'laperm', '--out', str(out)]) == 0
   res = json.loads((out / 'results.json').read_text())
   for field in ('final_test_accuracy', 'best_test_accuracy', 'history',
-                'config', 'wall_time_s', 'exact_permutation'):
+                'config', 'wall_time_s', 'compile_time_s', 'train_time_s',
+                'steps_per_second', 'n_syncs', 'exact_permutation'):
     assert field in res
-  assert res['exact_permutation'] is True
+  # digits: 1,440 / 32 = 45 steps, k = 5: the run ends on a sync.
+  assert res['trained_params_within_sync_bound'] is True
   for entry in res['history']:
     assert {'step', 'test_accuracy', 'train_loss', 'after_sync'} <= set(entry)
   assert res['config']['optimizer'] == 'laperm'
@@ -40,7 +42,11 @@ def test_both_optimizers_write_a_comparison(tmp_path, capsys):
   assert 'laperm_minus_adam_final_pt' in res['comparison']
   assert (out / 'adam' / 'results.json').exists()
   assert (out / 'laperm' / 'results.json').exists()
-  assert 'LaPerm - Adam' in capsys.readouterr().out
+  out_text = capsys.readouterr().out
+  assert 'LaPerm - Adam' in out_text
+  assert 'compile' in out_text and 'steps/s' in out_text
+  time = res['comparison']['time']
+  assert time['n_syncs'] == 2 and time['sync_cost_plain_steps'] is not None
 
 
 def test_preset_values_are_defaults_that_flags_override(tmp_path):
