@@ -95,6 +95,30 @@ def write_run(out_dir: str, result: training.RunResult, title: str) -> None:
     plots.syncs(result.sync_records, os.path.join(out_dir, 'syncs.png'), title)
 
 
+def write_comparison(out_dir: str, lap: dict, adam: dict, title: str) -> None:
+  """``OUT/results.json`` (LaPerm plus ``comparison``), overlaid curves, and
+  the console lines: accuracy difference and where LaPerm's time goes."""
+  comparison = dict(
+      laperm_final=lap['final_test_accuracy'],
+      adam_final=adam['final_test_accuracy'],
+      laperm_minus_adam_final_pt=100 * (lap['final_test_accuracy'] -
+                                        adam['final_test_accuracy']),
+      laperm_best=lap['best_test_accuracy'],
+      adam_best=adam['best_test_accuracy'],
+      time=sync_cost(lap, adam))
+  cli.write_json(os.path.join(out_dir, 'results.json'),
+                 dict(lap, comparison=comparison))
+  plots.curves({'LaPerm(Adam)': lap, 'Adam': adam},
+               os.path.join(out_dir, 'curves.png'), title)
+  time = comparison['time']
+  print(f'LaPerm - Adam (final): '
+        f'{comparison["laperm_minus_adam_final_pt"]:+.2f} pt')
+  if time['sync_cost_plain_steps'] is not None:
+    print(f'LaPerm / Adam train time: {time["train_time_ratio"]:.2f}x = '
+          f'{time["n_syncs"]} syncs x '
+          f'{time["sync_cost_plain_steps"]:.1f} plain steps each')
+
+
 def main(argv=None) -> int:
   parser = build_parser()
   args = cli.parse(parser, argv)
@@ -147,26 +171,8 @@ def main(argv=None) -> int:
   else:
     for opt, result in outcomes.items():
       write_run(os.path.join(args.out, opt), result, title)
-    lap, adam = outcomes['laperm'].results, outcomes['adam'].results
-    comparison = dict(
-        laperm_final=lap['final_test_accuracy'],
-        adam_final=adam['final_test_accuracy'],
-        laperm_minus_adam_final_pt=100 * (lap['final_test_accuracy'] -
-                                          adam['final_test_accuracy']),
-        laperm_best=lap['best_test_accuracy'],
-        adam_best=adam['best_test_accuracy'],
-        time=sync_cost(lap, adam))
-    cli.write_json(os.path.join(args.out, 'results.json'),
-                   dict(lap, comparison=comparison))
-    plots.curves({'LaPerm(Adam)': lap, 'Adam': adam},
-                 os.path.join(args.out, 'curves.png'), title)
-    time = comparison['time']
-    print(f'LaPerm - Adam (final): '
-          f'{comparison["laperm_minus_adam_final_pt"]:+.2f} pt')
-    if time['sync_cost_plain_steps'] is not None:
-      print(f'LaPerm / Adam train time: {time["train_time_ratio"]:.2f}x = '
-            f'{time["n_syncs"]} syncs x '
-            f'{time["sync_cost_plain_steps"]:.1f} plain steps each')
+    write_comparison(args.out, outcomes['laperm'].results,
+                     outcomes['adam'].results, title)
   print(f'wrote {os.path.join(args.out, "results.json")}')
   return 0
 

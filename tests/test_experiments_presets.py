@@ -21,6 +21,7 @@ from experiments import data  # pylint: disable=wrong-import-position
 from experiments import presets  # pylint: disable=wrong-import-position
 from experiments import train  # pylint: disable=wrong-import-position
 from experiments import training  # pylint: disable=wrong-import-position
+from tests.sync_bound_checks import assert_trained_params_are_a_synced_theta0  # pylint: disable=wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = {'cifar10': (32, 32, 3)}
