@@ -1,4 +1,4 @@
-"""Sync diagnostics of several runs side by side (issue 12, RESULTS.md §8).
+"""Sync diagnostics of several runs side by side (RESULTS.md §8).
 
     python -m experiments.compare_syncs --out PLOT.png --title T \\
         paper=RUN_DIR carry=RUN_DIR ...

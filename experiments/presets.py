@@ -26,7 +26,8 @@ _F2 = dict(model='f2', batch_size=128, lr=1e-3, lr_schedule='exp:0.95',
            k='250', init='shared', density=F2_DENSITY, shared_value=0.03,
            weight_decay=1e-4, weight_decay_scope='hidden')
 
-# Issue 12 (RESULTS.md section 8). F1: momentum SGD steps (their size
+# Escaping the fixed point of shared-value {0, w} networks (RESULTS.md
+# section 8). F1: momentum SGD steps (their size
 # follows the gradient's) with k = 10 and the whole residual carried, so the
 # ranking sees the sum of all pushes since init. F2: LARS steps (momentum SGD
 # scaled per layer to lr * |W| / |g|: gradient magnitudes kept within a
@@ -70,7 +71,7 @@ PRESETS: dict[str, dict] = {
                            lr_schedule='exp:0.9966'),
     'cpu_f2_mnist5k': dict(_F2, dataset='mnist5k', epochs=375,
                            lr_schedule='exp:0.9966'),
-    # Issue 12: LaPerm options that un-stick the {0, w} networks, tuned on a
+    # LaPerm options that un-stick the {0, w} networks, tuned on a
     # validation split of the training set (RESULTS.md section 8). Each is
     # the paper preset above plus what was changed.
     'cpu_f1_mnist5k_best': dict(_F1, dataset='mnist5k', epochs=150,

@@ -111,3 +111,18 @@ def test_summarize_lists_both_runs(tmp_path, capsys):
   assert summarize.main([str(out)]) == 0
   table = capsys.readouterr().out
   assert '| laperm |' in table and '| adam |' in table
+
+
+def test_compile_cache_lives_in_the_user_cache_and_the_suite_turns_it_off(
+    tmp_path, monkeypatch):
+  from experiments import compile_cache  # pylint: disable=import-outside-toplevel
+  # tests/conftest.py: the suite never writes to the user's cache.
+  assert compile_cache.disabled_by_environment()
+  assert compile_cache.enable() is None
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
+  assert compile_cache.default_directory() == str(tmp_path / 'laperm_jax' /
+                                                  'jax')
+  for value, off in (('0', True), ('off', True), ('1', False), ('', False)):
+    monkeypatch.setenv(compile_cache.ENV_SWITCH, value)
+    assert compile_cache.disabled_by_environment() is off, value
+  assert '--no-compile-cache' in train.build_parser().format_help()

@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from experiments import data
@@ -158,3 +159,18 @@ def test_time_limit_stops_at_an_evaluation_and_says_where():
   assert res['stopped_early']['at_step'] == 10
   assert res['final_test_accuracy'] == res['history'][-1]['test_accuracy']
   assert_trained_params_are_a_synced_theta0(run)
+
+
+def test_a_registry_entry_is_a_new_optimizer(monkeypatch):
+  from experiments import optimizers  # pylint: disable=import-outside-toplevel
+  def plain_sgd(setup):
+    inner = optax.sgd(setup.learning_rate)
+    return optimizers.BuiltOptimizer(inner, inner)
+  monkeypatch.setitem(optimizers.OPTIMIZERS, 'plain_sgd',
+                      optimizers.OptimizerEntry(plain_sgd, reconnects=False))
+  run = training.run(tiny(optimizer='plain_sgd', max_steps=3, eval_every=3,
+                          k='3'), DIGITS, progress=False)
+  res = run.results
+  assert res['config']['optimizer'] == 'plain_sgd'
+  assert res['n_syncs'] == 0 and res['exact_permutation_library'] is None
+  assert not res['history'][-1]['after_sync']
