@@ -163,7 +163,9 @@ def test_time_limit_stops_at_an_evaluation_and_says_where():
 
 def test_a_registry_entry_is_a_new_optimizer(monkeypatch):
   from experiments import optimizers  # pylint: disable=import-outside-toplevel
+  built = []
   def plain_sgd(setup):
+    built.append(setup.sync_period)
     inner = optax.sgd(setup.learning_rate)
     return optimizers.BuiltOptimizer(inner, inner)
   monkeypatch.setitem(optimizers.OPTIMIZERS, 'plain_sgd',
@@ -171,6 +173,7 @@ def test_a_registry_entry_is_a_new_optimizer(monkeypatch):
   run = training.run(tiny(optimizer='plain_sgd', max_steps=3, eval_every=3,
                           k='3'), DIGITS, progress=False)
   res = run.results
+  assert built == [3]  # the entry's builder made the run's optimizer
   assert res['config']['optimizer'] == 'plain_sgd'
   assert res['n_syncs'] == 0 and res['exact_permutation_library'] is None
   assert not res['history'][-1]['after_sync']
