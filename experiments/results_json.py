@@ -67,14 +67,18 @@ def matches_pool(params: Any, pool: Any) -> bool:
   reconnected leaf, ``optax.MaskedNode`` elsewhere).
 
   >>> import laperm_jax
-  >>> pool = laperm_jax.sorted_pool({'w': np.array([[2.], [1.]])})
-  >>> matches_pool({'w': np.array([[1.], [2.]])}, pool)
+  >>> params = {'b': np.zeros(1), 'w': np.array([[2.], [1.]])}
+  >>> pool = laperm_jax.sorted_pool(params, mask={'b': False, 'w': True})
+  >>> matches_pool({'b': np.ones(1), 'w': np.array([[1.], [2.]])}, pool)
   True
+  >>> matches_pool({'b': np.ones(1), 'w': np.array([[1.], [3.]])}, pool)
+  False
   """
   is_pool = lambda x: isinstance(x, laperm_jax.PoolLeaf)
-  entries = jax.tree.leaves(pool, is_leaf=is_pool)
+  entries = jax.tree.leaves(
+      pool, is_leaf=lambda x: is_pool(x) or isinstance(x, optax.MaskedNode))
   ok = True
-  for leaf, entry in zip(jax.tree.leaves(params), entries):
+  for leaf, entry in zip(jax.tree.leaves(params), entries, strict=True):
     if is_pool(entry):
       axes = entry.vector_axes
       ok &= bool(np.array_equal(np.sort(_by_vector(leaf, axes), axis=0),

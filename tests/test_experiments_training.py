@@ -45,6 +45,7 @@ def test_evaluations_follow_syncs_and_final_is_post_sync(laperm_run):
   assert res['max_abs_change_by_final_exact_sync'] > 0
   assert res['trained_params_exact_permutation'] is False
   assert res['trained_params_within_sync_bound'] is None  # no sync at the end
+  assert res['exact_permutation_library'] is True  # the export, as it must
   prov = res['provenance']
   assert prov['machine']['backend'] == jax.default_backend()
   assert prov['versions']['jax'] == jax.__version__
