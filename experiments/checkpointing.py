@@ -2,10 +2,10 @@
 
 A checkpoint (``DIR/checkpoints/<step>``) holds, as one Orbax composite:
 
-* ``state``: the carry ``(params, batch_stats, opt_state)`` and the params of
-  the previous exact sync (``--track-syncs`` compares against them). For
-  LaPerm ``opt_state`` is a ``laperm_jax.LaPermState``: its pool (the sorted
-  theta_0) is restored from the checkpoint, never rebuilt from the weights;
+* ``state``: the carry ``(params, batch_stats, opt_state)``. For LaPerm
+  ``opt_state`` is a ``laperm_jax.LaPermState``: its pool (the sorted
+  theta_0) is restored from the checkpoint, never rebuilt from the weights
+  (with ``--track-syncs`` it also holds the weights of the previous sync);
 * ``meta`` (JSON): the step, the history and sync records so far, the losses
   of the current evaluation interval, the initial accuracy, the train time and
   the run's config.
@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 import laperm_jax
+from experiments.steps import TrainCarry
 
 class ResumeError(ValueError):
   """The checkpoint cannot continue this run (one-line message)."""
@@ -101,17 +102,17 @@ class Checkpoints:
                       force=True)
     self.manager.wait_until_finished()
 
-  def restore(self, tx, tree_like: dict, sharding_of: Callable) -> dict:
-    """The latest checkpoint's arrays, restored against abstract targets.
+  def restore(self, tx, carry_like: TrainCarry,
+              sharding_of: Callable) -> TrainCarry:
+    """The latest checkpoint's carry, restored against abstract targets.
 
-    ``tree_like`` is ``{'carry': (params, batch_stats, opt_state),
-    'prev_exact': params}`` of a fresh start: only its params' shapes and
-    the shardings (``sharding_of(leaf)``) are used; ``opt_state`` is restored
+    ``carry_like`` is the carry of a fresh start: only its shapes and the
+    shardings (``sharding_of(leaf)``) are used; ``opt_state`` is restored
     against ``jax.eval_shape(tx.init, params)`` and checked with
     ``laperm_jax.check_state``.
     """
     ocp = self._ocp
-    params, batch_stats, _ = tree_like['carry']
+    params, batch_stats, _ = carry_like
     abstract = lambda tree: jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                        sharding=sharding_of(x)),
@@ -122,17 +123,15 @@ class Checkpoints:
                                        sharding=sharding_of(x)),
         jax.eval_shape(tx.init, abstract_params))
     target = dict(carry=(abstract_params, abstract(batch_stats),
-                         abstract_state),
-                  prev_exact=abstract_params)
+                         abstract_state))
     if not jax.tree.leaves(batch_stats):
       target['carry'] = (abstract_params, batch_stats, abstract_state)
     restored = self.manager.restore(self.latest, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target)))['state']
-    carry = tuple(restored['carry'])
+    carry = TrainCarry(*restored['carry'])
     if isinstance(abstract_state, laperm_jax.LaPermState):
-      laperm_jax.check_state(tx, carry[2], carry[0])
-    restored['carry'] = carry
-    return restored
+      laperm_jax.check_state(tx, carry.opt_state, carry.params)
+    return carry
 
   def loop_state(self) -> dict:
     """The loop variables of the latest checkpoint (``meta``)."""

@@ -9,6 +9,20 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 
+def save(fig: plt.Figure, path, title: str = '', axes: plt.Axes | None = None
+         ) -> None:
+  """Titles ``fig`` (or its single ``axes``), writes it to ``path`` and
+  closes it: the ending of every plot here."""
+  if title:
+    if axes is not None:
+      axes.set_title(title)
+    else:
+      fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def curves(runs: dict, path, title: str = '') -> None:
   """Test accuracy and train loss against epochs for labelled results dicts.
 
@@ -36,11 +50,7 @@ def curves(runs: dict, path, title: str = '') -> None:
   for ax in (ax_acc, ax_loss):
     ax.grid(alpha=0.3)
     ax.legend()
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save(fig, path, title)
 
 
 def syncs(records: list, path, title: str = '') -> None:
@@ -64,11 +74,7 @@ def syncs(records: list, path, title: str = '') -> None:
     ax.grid(alpha=0.3)
   axes[0].legend()
   axes[2].legend()
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save(fig, path, title)
 
 
 def profiles(panels: dict, path, title: str = '', max_lines: int = 60) -> None:
@@ -88,11 +94,7 @@ def profiles(panels: dict, path, title: str = '', max_lines: int = 60) -> None:
     ax.set(title=label, xlabel='rank / (n - 1)')
     ax.grid(alpha=0.3)
   axes[0].set_ylabel('weight value')
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save(fig, path, title)
 
 
 def k_sweep(rows: list, path, title: str = '') -> None:
@@ -112,11 +114,7 @@ def k_sweep(rows: list, path, title: str = '') -> None:
          ylabel='test accuracy (%)')
   ax.grid(alpha=0.3)
   ax.legend()
-  if title:
-    ax.set_title(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save(fig, path, title, axes=ax)
 
 
 def bars(values: dict, path, title: str = '', ylabel='test accuracy (%)'):
@@ -127,8 +125,4 @@ def bars(values: dict, path, title: str = '', ylabel='test accuracy (%)'):
   for i, v in enumerate(values.values()):
     ax.text(i, 100 * v, f'{100 * v:.2f}', ha='center', va='bottom')
   ax.set(ylabel=ylabel)
-  if title:
-    ax.set_title(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save(fig, path, title, axes=ax)

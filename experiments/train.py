@@ -19,6 +19,7 @@ import sys
 
 from experiments import checkpointing
 from experiments import cli
+from experiments import compile_cache
 from experiments import mesh as mesh_lib
 from experiments import plots
 from experiments import presets as presets_lib
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
       prog='python -m experiments.train',
       description='Train a model with LaPerm(Adam) and/or the Adam baseline.')
   parser.add_argument('--optimizer', default='both',
-                      choices=('laperm', 'adam', 'both'))
+                      choices=tuple(training.OPTIMIZERS) + ('both',),
+                      help='both = laperm, then adam on the same pipeline')
   cli.add_run_args(parser)
   parser.add_argument('--out', default='runs/default',
                       help='output directory (results.json, PNG plots)')
@@ -44,14 +46,45 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--mesh', default=None, metavar='data=D[,model=M]',
                       help='train on D*M devices: the batch split over data, '
                       'kernels split over their output axis on model')
+  parser.add_argument('--no-compile-cache', action='store_true',
+                      help="do not use JAX's persistent compilation cache "
+                      f'(default: on, in {compile_cache.default_directory()})')
   return parser
 
 
 def summary_line(label: str, results: dict) -> str:
-  return (f'{label:>7}: final test accuracy {cli.pct(results["final_test_accuracy"])}%'
-          f'  best {cli.pct(results["best_test_accuracy"])}% (step '
+  """The console line of one run: accuracy, then where the time went."""
+  rate = results['steps_per_second']
+  syncs = (f', {results["n_syncs"]} syncs' if results['n_syncs'] else '')
+  return (f'{label:>7}: final test accuracy '
+          f'{cli.pct(results["final_test_accuracy"])}%  best '
+          f'{cli.pct(results["best_test_accuracy"])}% (step '
           f'{results["best_step"]})  exact_permutation='
-          f'{results["exact_permutation"]}  {results["wall_time_s"]:.0f} s')
+          f'{results["exact_permutation"]}\n{"":>9}compile '
+          f'{results["compile_time_s"]:.1f} s, train '
+          f'{results["train_time_s"]:.1f} s ('
+          f'{"n/a" if rate is None else f"{rate:.0f}"} steps/s{syncs}), '
+          f'whole run {results["wall_time_s"]:.1f} s')
+
+
+def sync_cost(laperm: dict, baseline: dict) -> dict:
+  """Where LaPerm's extra training time goes, from the two runs' timings.
+
+  The extra time over the baseline divided by the number of syncs, in
+  plain (baseline) steps: ``sync_cost_plain_steps``.
+
+  >>> lap = dict(train_time_s=12.5, n_syncs=5, config=dict(total_steps=100))
+  >>> sync_cost(lap, dict(train_time_s=10.0))['sync_cost_plain_steps']
+  5.0
+  """
+  steps = laperm['config']['total_steps']
+  plain_step_s = baseline['train_time_s'] / steps
+  extra_s = laperm['train_time_s'] - baseline['train_time_s']
+  return dict(
+      train_time_ratio=laperm['train_time_s'] / baseline['train_time_s'],
+      laperm_extra_train_time_s=extra_s, n_syncs=laperm['n_syncs'],
+      sync_cost_plain_steps=(extra_s / laperm['n_syncs'] / plain_step_s
+                             if laperm['n_syncs'] else None))
 
 
 def write_run(out_dir: str, result: training.RunResult, title: str) -> None:
@@ -62,6 +95,30 @@ def write_run(out_dir: str, result: training.RunResult, title: str) -> None:
     plots.syncs(result.sync_records, os.path.join(out_dir, 'syncs.png'), title)
 
 
+def write_comparison(out_dir: str, lap: dict, adam: dict, title: str) -> None:
+  """``OUT/results.json`` (LaPerm plus ``comparison``), overlaid curves, and
+  the console lines: accuracy difference and where LaPerm's time goes."""
+  comparison = dict(
+      laperm_final=lap['final_test_accuracy'],
+      adam_final=adam['final_test_accuracy'],
+      laperm_minus_adam_final_pt=100 * (lap['final_test_accuracy'] -
+                                        adam['final_test_accuracy']),
+      laperm_best=lap['best_test_accuracy'],
+      adam_best=adam['best_test_accuracy'],
+      time=sync_cost(lap, adam))
+  cli.write_json(os.path.join(out_dir, 'results.json'),
+                 dict(lap, comparison=comparison))
+  plots.curves({'LaPerm(Adam)': lap, 'Adam': adam},
+               os.path.join(out_dir, 'curves.png'), title)
+  time = comparison['time']
+  print(f'LaPerm - Adam (final): '
+        f'{comparison["laperm_minus_adam_final_pt"]:+.2f} pt')
+  if time['sync_cost_plain_steps'] is not None:
+    print(f'LaPerm / Adam train time: {time["train_time_ratio"]:.2f}x = '
+          f'{time["n_syncs"]} syncs x '
+          f'{time["sync_cost_plain_steps"]:.1f} plain steps each')
+
+
 def main(argv=None) -> int:
   parser = build_parser()
   args = cli.parse(parser, argv)
@@ -69,6 +126,8 @@ def main(argv=None) -> int:
     for name, preset in presets_lib.PRESETS.items():
       print(f'{name}: {preset}')
     return 0
+  if not args.no_compile_cache:
+    compile_cache.enable()
   optimizers = ('laperm', 'adam') if args.optimizer == 'both' else (
       args.optimizer,)
   base_cfg = cli.config_from_args(args, optimizer=optimizers[0])
@@ -112,20 +171,8 @@ def main(argv=None) -> int:
   else:
     for opt, result in outcomes.items():
       write_run(os.path.join(args.out, opt), result, title)
-    lap, adam = outcomes['laperm'].results, outcomes['adam'].results
-    comparison = dict(
-        laperm_final=lap['final_test_accuracy'],
-        adam_final=adam['final_test_accuracy'],
-        laperm_minus_adam_final_pt=100 * (lap['final_test_accuracy'] -
-                                          adam['final_test_accuracy']),
-        laperm_best=lap['best_test_accuracy'],
-        adam_best=adam['best_test_accuracy'])
-    cli.write_json(os.path.join(args.out, 'results.json'),
-                   dict(lap, comparison=comparison))
-    plots.curves({'LaPerm(Adam)': lap, 'Adam': adam},
-                 os.path.join(args.out, 'curves.png'), title)
-    print(f'LaPerm - Adam (final): '
-          f'{comparison["laperm_minus_adam_final_pt"]:+.2f} pt')
+    write_comparison(args.out, outcomes['laperm'].results,
+                     outcomes['adam'].results, title)
   print(f'wrote {os.path.join(args.out, "results.json")}')
   return 0
 

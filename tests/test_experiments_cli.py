@@ -20,12 +20,15 @@ TINY = ['--dataset', 'digits', '--batch-size', '32', '--epochs', '1',
 
 def test_results_contract(tmp_path):
   out = tmp_path / 'run'
-  assert train.main(TINY + ['--optimizer', 'laperm', '--out', str(out)]) == 0
+  assert train.main(TINY + ['--optimizer', 'laperm', '--max-steps', '40',
+                            '--out', str(out)]) == 0
   res = json.loads((out / 'results.json').read_text())
   for field in ('final_test_accuracy', 'best_test_accuracy', 'history',
-                'config', 'wall_time_s', 'exact_permutation'):
+                'config', 'wall_time_s', 'compile_time_s', 'train_time_s',
+                'steps_per_second', 'n_syncs', 'exact_permutation'):
     assert field in res
-  assert res['exact_permutation'] is True
+  # 40 steps at k = 5: the run ends on a sync.
+  assert res['trained_params_within_sync_bound'] is True
   for entry in res['history']:
     assert {'step', 'test_accuracy', 'train_loss', 'after_sync'} <= set(entry)
   assert res['config']['optimizer'] == 'laperm'
@@ -40,7 +43,11 @@ def test_both_optimizers_write_a_comparison(tmp_path, capsys):
   assert 'laperm_minus_adam_final_pt' in res['comparison']
   assert (out / 'adam' / 'results.json').exists()
   assert (out / 'laperm' / 'results.json').exists()
-  assert 'LaPerm - Adam' in capsys.readouterr().out
+  out_text = capsys.readouterr().out
+  assert 'LaPerm - Adam' in out_text
+  assert 'compile' in out_text and 'steps/s' in out_text
+  time = res['comparison']['time']
+  assert time['n_syncs'] == 2 and time['sync_cost_plain_steps'] is not None
 
 
 def test_preset_values_are_defaults_that_flags_override(tmp_path):
@@ -105,3 +112,18 @@ def test_summarize_lists_both_runs(tmp_path, capsys):
   assert summarize.main([str(out)]) == 0
   table = capsys.readouterr().out
   assert '| laperm |' in table and '| adam |' in table
+
+
+def test_compile_cache_lives_in_the_user_cache_and_the_suite_turns_it_off(
+    tmp_path, monkeypatch):
+  from experiments import compile_cache  # pylint: disable=import-outside-toplevel
+  # tests/conftest.py: the suite never writes to the user's cache.
+  assert compile_cache.disabled_by_environment()
+  assert compile_cache.enable() is None
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
+  assert compile_cache.default_directory() == str(tmp_path / 'laperm_jax' /
+                                                  'jax')
+  for value, off in (('0', True), ('off', True), ('1', False), ('', False)):
+    monkeypatch.setenv(compile_cache.ENV_SWITCH, value)
+    assert compile_cache.disabled_by_environment() is off, value
+  assert '--no-compile-cache' in train.build_parser().format_help()

@@ -21,6 +21,7 @@ from experiments import data  # pylint: disable=wrong-import-position
 from experiments import presets  # pylint: disable=wrong-import-position
 from experiments import train  # pylint: disable=wrong-import-position
 from experiments import training  # pylint: disable=wrong-import-position
+from tests.sync_bound_checks import assert_trained_params_are_a_synced_theta0  # pylint: disable=wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = {'cifar10': (32, 32, 3)}
@@ -61,14 +62,14 @@ def test_preset_traces_a_training_step_and_an_evaluation(preset):
 
   def init_and_step():
     params, batch_stats, mask = pipe.init_variables()
-    inner, tx = pipe.make_optimizer(mask)
-    carry = (params, batch_stats, tx.init(params))
-    steps = training.Steps(pipe, cfg, tx, inner, mask, params, batch_stats)
+    inner, tx = pipe.make_optimizer(params, mask)
+    carry = training.TrainCarry(params, batch_stats, tx.init(params))
+    steps = training.Steps(pipe, tx, inner, params, batch_stats)
     idx = jnp.asarray(pipe.batch_indices(0, 1)[0])
-    carry, loss = steps._single_step(  # pylint: disable=protected-access
+    carry, loss, _ = steps._single_step(  # pylint: disable=protected-access
         carry, idx, jnp.int32(1), pipe.x_train, pipe.y_train)
-    correct, _ = steps._evaluate_jit(  # pylint: disable=protected-access
-        steps.exact(carry[0], carry[2].pool), carry[1], pipe.x_test,
+    correct, _, _ = steps._evaluate_exact(  # pylint: disable=protected-access
+        carry.params, carry.opt_state, carry.batch_stats, pipe.x_test,
         pipe.y_test, pipe.valid)
     return loss, correct
 
@@ -82,7 +83,7 @@ def test_preset_trains_a_few_steps(preset):
   result = training.run(cfg, fake_dataset(cfg.dataset), progress=False)
   res = result.results
   assert [h['step'] for h in res['history']] == [2]
-  assert res['exact_permutation'] is True
+  assert_trained_params_are_a_synced_theta0(result)
   assert res['trained_params_within_sync_bound'] is True
   assert np.isfinite(res['history'][-1]['test_loss'])
 

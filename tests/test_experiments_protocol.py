@@ -22,40 +22,45 @@ def test_sync_points_are_multiples_of_k_for_laperm_only():
   assert not any(protocol.is_sync_point(p, 4, False) for p in range(1, 13))
 
 
-# Params are strings here: `exact` marks what it reconnected and `evaluate`
-# scores by what it sees, so each entry shows which weights it evaluated.
-SCORES = {'raw': 0.5, 'exact(raw)': 0.25}
+# `evaluate_raw` scores the trained weights and `evaluate_synced` their exact
+# reconnect, with different scores, so each entry shows which it evaluated.
+RAW, SYNCED = (0.5, 0.5), (0.25, 0.75)
 
 
-def evaluate(params):
-  return SCORES[params], 1 - SCORES[params]
-
-
-def exact(params):
-  return f'exact({params})'
+def calls(log):
+  def raw():
+    log.append('raw')
+    return RAW
+  def synced():
+    log.append('synced')
+    return SYNCED
+  return dict(evaluate_raw=raw, evaluate_synced=synced)
 
 
 def test_a_sync_point_evaluates_the_exact_reconnect():
-  (entry,) = protocol.evaluate_point(10, 'raw', is_laperm=True, is_sync=True,
-                                     evaluate=evaluate, exact=exact,
-                                     train_loss=0.7)
+  log = []
+  (entry,) = protocol.evaluate_point(10, is_laperm=True, is_sync=True,
+                                     train_loss=0.7, **calls(log))
   assert entry == dict(step=10, train_loss=0.7, test_accuracy=0.25,
                        test_loss=0.75, after_sync=True)
+  assert log == ['synced']
 
 
 def test_a_last_step_off_sync_is_evaluated_raw_then_synced_explicitly():
-  raw, synced = protocol.evaluate_point(23, 'raw', is_laperm=True,
-                                        is_sync=False, evaluate=evaluate,
-                                        exact=exact, train_loss=0.7)
+  log = []
+  raw, synced = protocol.evaluate_point(23, is_laperm=True, is_sync=False,
+                                        train_loss=0.7, **calls(log))
   assert (raw['test_accuracy'], raw['after_sync']) == (0.5, False)
   assert raw['train_loss'] == 0.7
   assert (synced['test_accuracy'], synced['after_sync']) == (0.25, True)
   assert synced['explicit_final_sync'] and synced['train_loss'] is None
+  assert log == ['raw', 'synced']
   # Adam: the raw weights only, never a reconnect.
-  (adam,) = protocol.evaluate_point(23, 'raw', is_laperm=False,
-                                    is_sync=False, evaluate=evaluate,
-                                    exact=None, train_loss=0.7)
+  log.clear()
+  (adam,) = protocol.evaluate_point(23, is_laperm=False, is_sync=False,
+                                    train_loss=0.7, **calls(log))
   assert (adam['test_accuracy'], adam['after_sync']) == (0.5, False)
+  assert log == ['raw']
 
 
 def test_best_is_over_post_sync_evaluations_for_laperm():

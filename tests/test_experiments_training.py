@@ -2,10 +2,12 @@
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from experiments import data
 from experiments import training
+from tests.sync_bound_checks import assert_trained_params_are_a_synced_theta0
 
 DIGITS = data.load('digits')
 
@@ -33,12 +35,17 @@ def test_evaluations_follow_syncs_and_final_is_post_sync(laperm_run):
   assert res['final_test_accuracy'] == hist[-1]['test_accuracy']
   assert res['best_test_accuracy'] == max(
       h['test_accuracy'] for h in hist if h['after_sync'])
-  assert res['exact_permutation'] is True
-  assert res['exact_permutation_library'] is True
+  # The explicit final sync exports theta_0 permuted per vector.
+  for p0, q, f in zip(jax.tree.leaves(laperm_run.params0),
+                      jax.tree.leaves(laperm_run.params_final),
+                      jax.tree.leaves(laperm_run.mask)):
+    if f:
+      np.testing.assert_array_equal(np.sort(q, axis=0), np.sort(p0, axis=0))
   # Three Adam steps after the last sync: the explicit final sync moves them.
   assert res['max_abs_change_by_final_exact_sync'] > 0
   assert res['trained_params_exact_permutation'] is False
   assert res['trained_params_within_sync_bound'] is None  # no sync at the end
+  assert res['exact_permutation_library'] is True  # the export, as it must
   prov = res['provenance']
   assert prov['machine']['backend'] == jax.default_backend()
   assert prov['versions']['jax'] == jax.__version__
@@ -50,6 +57,19 @@ def test_evaluations_follow_syncs_and_final_is_post_sync(laperm_run):
 def test_adam_baseline_is_the_same_pipeline(laperm_run):
   adam = training.run(tiny(max_steps=23, eval_every=10, optimizer='adam'),
                       DIGITS, progress=False).results
+  # The same programs, each compiled once; LaPerm's evaluation scores the
+  # exact pool values, and it evaluates raw weights only at its last step,
+  # which is not a sync.
+  lap = laperm_run.results
+  assert adam['compiled_programs'] == ['chunk 10', 'chunk 3', 'evaluate',
+                                       'init']
+  assert lap['compiled_programs'] == ['chunk 10', 'chunk 3', 'evaluate',
+                                      'evaluate_exact', 'init']
+  for res in (lap, adam):
+    assert 0 < res['compile_time_s'] < res['wall_time_s']
+    assert 0 < res['train_time_s'] < res['wall_time_s']
+    assert res['steps_per_second'] == pytest.approx(23 / res['train_time_s'])
+  assert (lap['n_syncs'], adam['n_syncs']) == (4, 0)
   assert [h['step'] for h in adam['history']] == [10, 20, 23]
   assert not any(h['after_sync'] for h in adam['history'])
   assert adam['exact_permutation'] is False
@@ -72,8 +92,8 @@ def test_sparse_init_keeps_the_zero_count():
   assert all(abs(np.mean(p == 0) - 0.7) < 0.1 for p, _ in rest)
   for p, q in kernels:
     np.testing.assert_array_equal((p == 0).sum(0), (q == 0).sum(0))
-  assert res['exact_permutation']
   # Ends on a sync step: the trained weights are the pool up to rounding.
+  assert_trained_params_are_a_synced_theta0(run)
   assert res['max_abs_change_by_final_exact_sync'] < 1e-6
   assert res['trained_params_within_sync_bound'] is True
 
@@ -86,6 +106,7 @@ def test_shared_init_values_and_sync_tracking():
                   jax.tree.leaves(run.mask)):
     if f:
       assert set(np.unique(p).tolist()) <= {0.0, np.float32(0.05)}
+  assert_trained_params_are_a_synced_theta0(run)
   records = run.sync_records
   assert [r['step'] for r in records] == [5, 10, 15]
   for r in records:
@@ -125,16 +146,35 @@ def test_paper_presets_take_a_few_steps_on_fake_data(preset, tmp_path):
     cfg['density'] = cfg['density'][0]
   cfg.update(batch_size=8, k='2', max_steps=3)
   run = training.run(training.RunConfig(**cfg), fake, progress=False)
-  assert run.results['exact_permutation']
+  assert_trained_params_are_a_synced_theta0(run)
   assert np.isfinite(run.results['history'][-1]['test_loss'])
 
 
 def test_time_limit_stops_at_an_evaluation_and_says_where():
   # A limit of 0 s: the run stops after its first evaluation point, which
   # for LaPerm is right after a sync, so the final model is still exact.
-  res = training.run(tiny(max_steps=23, eval_every=10, time_limit_s=0.0),
-                     DIGITS, progress=False).results
+  run = training.run(tiny(max_steps=23, eval_every=10, time_limit_s=0.0),
+                     DIGITS, progress=False)
+  res = run.results
   assert [h['step'] for h in res['history']] == [10]
   assert res['stopped_early']['at_step'] == 10
   assert res['final_test_accuracy'] == res['history'][-1]['test_accuracy']
-  assert res['exact_permutation'] is True
+  assert_trained_params_are_a_synced_theta0(run)
+
+
+def test_a_registry_entry_is_a_new_optimizer(monkeypatch):
+  from experiments import optimizers  # pylint: disable=import-outside-toplevel
+  built = []
+  def plain_sgd(setup):
+    built.append(setup.sync_period)
+    inner = optax.sgd(setup.learning_rate)
+    return optimizers.BuiltOptimizer(inner, inner)
+  monkeypatch.setitem(optimizers.OPTIMIZERS, 'plain_sgd',
+                      optimizers.OptimizerEntry(plain_sgd, reconnects=False))
+  run = training.run(tiny(optimizer='plain_sgd', max_steps=3, eval_every=3,
+                          k='3'), DIGITS, progress=False)
+  res = run.results
+  assert built == [3]  # the entry's builder made the run's optimizer
+  assert res['config']['optimizer'] == 'plain_sgd'
+  assert res['n_syncs'] == 0 and res['exact_permutation_library'] is None
+  assert not res['history'][-1]['after_sync']

@@ -1,0 +1,122 @@
+"""The optimizers a run can train with: one registry, name -> builder.
+
+A builder takes an :class:`OptimizerSetup` (the run's config, learning-rate
+schedule, sync period, initial params and reconnection mask) and returns a
+:class:`BuiltOptimizer`. A new optimizer is one entry in ``OPTIMIZERS``; the
+CLI's ``--optimizer`` choices, the config check and the training loop read
+it from there. ``reconnects`` says whether the optimizer's state holds a
+``laperm_jax.LaPermState`` (the protocol then evaluates after syncs, on
+exact pool values).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+
+import optax
+
+import laperm_jax
+
+if TYPE_CHECKING:
+  from experiments.config import RunConfig
+
+
+class OptimizerSetup(NamedTuple):
+  """What a builder gets.
+
+  Attributes:
+    config: the run's ``RunConfig``.
+    learning_rate: the optax schedule of ``--lr`` and ``--lr-schedule``.
+    sync_period: the steps between syncs (``--k``, resolved).
+    params: the initial params (theta_0).
+    mask: per leaf of ``params``, whether it is reconnected (a kernel, or a
+      bias with ``--permute-biases``).
+  """
+  config: RunConfig
+  learning_rate: optax.ScalarOrSchedule
+  sync_period: int
+  params: Any
+  mask: Any
+
+
+class BuiltOptimizer(NamedTuple):
+  """An optimizer ready for a run.
+
+  Attributes:
+    inner: the inner optimizer (``--inner``), the same for every entry.
+    transform: what the run steps with (``inner`` itself for the baseline).
+  """
+  inner: optax.GradientTransformation
+  transform: optax.GradientTransformation
+
+
+class OptimizerEntry(NamedTuple):
+  """One registry entry.
+
+  Attributes:
+    build: ``OptimizerSetup -> BuiltOptimizer``.
+    reconnects: whether the state holds a ``laperm_jax.LaPermState``.
+  """
+  build: Callable[[OptimizerSetup], BuiltOptimizer]
+  reconnects: bool
+
+
+INNER_OPTIMIZERS: dict[str, Callable[[optax.ScalarOrSchedule],
+                                     optax.GradientTransformation]] = {
+    'adam': lambda lr: optax.adam(lr, b1=0.9, b2=0.999, eps=1e-7),
+    'sgd': lambda lr: optax.sgd(lr),
+    'momentum': lambda lr: optax.sgd(lr, momentum=0.9),
+    'lars': lambda lr: optax.lars(lr, trust_coefficient=1.0),
+}
+
+
+def inner_optimizer(setup: OptimizerSetup) -> optax.GradientTransformation:
+  """The ``--inner`` optimizer at the run's learning rate.
+
+  >>> from experiments.config import RunConfig
+  >>> setup = OptimizerSetup(RunConfig(inner='sgd'), 0.1, 20, {}, {})
+  >>> isinstance(inner_optimizer(setup), optax.GradientTransformation)
+  True
+  """
+  return INNER_OPTIMIZERS[setup.config.inner](setup.learning_rate)
+
+
+def build_baseline(setup: OptimizerSetup) -> BuiltOptimizer:
+  """The inner optimizer alone, on the same pipeline (``--optimizer adam``).
+
+  >>> from experiments.config import RunConfig
+  >>> built = build_baseline(OptimizerSetup(RunConfig(), 1e-3, 20, {}, {}))
+  >>> built.transform is built.inner
+  True
+  """
+  inner = inner_optimizer(setup)
+  return BuiltOptimizer(inner, inner)
+
+
+def build_laperm(setup: OptimizerSetup) -> BuiltOptimizer:
+  """LaPerm wrapping the inner optimizer (``--optimizer laperm``).
+
+  Syncs every ``setup.sync_period`` steps on the leaves of ``setup.mask``;
+  keeps ``laperm_jax.SyncChanges`` in its state with ``--track-syncs``.
+
+  >>> import jax.numpy as jnp
+  >>> from experiments.config import RunConfig
+  >>> params = {'w': jnp.ones((3, 2))}
+  >>> built = build_laperm(OptimizerSetup(RunConfig(), 1e-3, 20, params,
+  ...                                     {'w': True}))
+  >>> type(built.transform.init(params)).__name__
+  'LaPermState'
+  """
+  cfg = setup.config
+  inner = inner_optimizer(setup)
+  return BuiltOptimizer(inner, laperm_jax.laperm(
+      inner, setup.sync_period, mask=setup.mask,
+      carry_residual=cfg.carry_residual,
+      reset_inner_state=cfg.reset_inner_state,
+      track_changes=cfg.track_syncs))
+
+
+OPTIMIZERS: dict[str, OptimizerEntry] = {
+    'laperm': OptimizerEntry(build_laperm, reconnects=True),
+    'adam': OptimizerEntry(build_baseline, reconnects=False),
+}
