@@ -16,7 +16,7 @@ import zipfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 VERSION = re.search(r"^__version__ = '([^']+)'",
-                    (ROOT / 'laperm_jax' / '__init__.py').read_text(), re.M)[1]
+                    (ROOT / 'laperm_jax' / '__init__.py').read_text(), re.MULTILINE)[1]
 PACKAGE_FILES = sorted(p.relative_to(ROOT).as_posix()
                        for p in (ROOT / 'laperm_jax').rglob('*')
                        if p.is_file() and '__pycache__' not in p.parts)
@@ -44,7 +44,7 @@ def check_wheel(path: pathlib.Path, errors: list[str]) -> None:
   with zipfile.ZipFile(path) as wheel:
     names = wheel.namelist()
     strays = [n for n in names
-              if not (n.startswith('laperm_jax/') or n.startswith(dist_info + '/'))]
+              if not n.startswith(('laperm_jax/', dist_info + '/'))]
     if strays:
       errors.append(f'{path.name}: files outside laperm_jax/ and {dist_info}/: {strays}')
     package = sorted(n for n in names if n.startswith('laperm_jax/'))

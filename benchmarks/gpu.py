@@ -104,6 +104,7 @@ def reconnect_models(smoke: bool) -> dict:
 def device_kernels(shapes, seed: int = 0):
   """Current weights and their pool, drawn on the device (fast at 1B)."""
   import jax
+
   import laperm_jax
   keys = jax.random.split(jax.random.key(seed), 2 * len(shapes))
   current = [jax.random.normal(k, s) for k, s in zip(keys[::2], shapes)]
@@ -177,6 +178,7 @@ def choose_variant(models: dict, variants) -> dict:
 # ----------------------------------------------------- 2. train step --
 def mlp_model(widths: tuple[int, ...]):
   import jax
+
   from benchmarks import train_step as ts
 
   def init(key):
@@ -202,10 +204,11 @@ def part_train_step(work: str, smoke: bool, only: str | None = None
   import jax.numpy as jnp
   import numpy as np
   import optax
-  import laperm_jax
+
   from benchmarks import alternatives
   from benchmarks import timing
   from benchmarks import train_step as ts
+  import laperm_jax
 
   path = os.path.join(work, 'train_step.json')
   big_widths = (1024, 256, 256, 10) if smoke else (1024, 8192, 8192, 8192,
@@ -282,9 +285,10 @@ def periods(init, apply, x, y, k: int, smoke: bool) -> dict:
   """k steps per call (one fori_loop); LaPerm with period k syncs once."""
   import jax
   import optax
-  import laperm_jax
+
   from benchmarks import timing
   from benchmarks import train_step as ts
+  import laperm_jax
   adam = optax.adam(1e-3, eps=1e-7)
   txs = {'plain': adam, 'laperm': laperm_jax.laperm(adam, sync_period=k),
          'laperm non-sync': laperm_jax.laperm(adam, sync_period=2**30)}
@@ -337,7 +341,8 @@ def start_training(optimizer: str, work: str, data_dir: str | None,
   if data_dir:
     cmd += ['--data-dir', data_dir]
   log('start:', ' '.join(cmd))
-  logf = open(os.path.join(work, f'conv7_{optimizer}.log'), 'w')
+  # The log stays open for the child's lifetime; the Popen owns it.
+  logf = open(os.path.join(work, f'conv7_{optimizer}.log'), 'w')  # noqa: SIM115
   return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
 
 

@@ -53,10 +53,10 @@ def child_contenders(mesh, widths: list[int], batch: int) -> dict:
   Call it, and the callables, under ``jax.set_mesh(mesh)``.
   """
   import jax
-  import numpy as np
-  import optax
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
+  import numpy as np
+  import optax
 
   import laperm_jax
   rng = np.random.default_rng(0)

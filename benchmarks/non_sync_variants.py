@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-import laperm_jax
 from benchmarks import alternatives
 from benchmarks import timing
 from benchmarks import train_step
+import laperm_jax
 
 NEVER = 2**30
 THROUGH_COND = 'inner update through the cond'

@@ -39,14 +39,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import laperm_jax
-from laperm_jax import _ranking as ranking
-from laperm_jax import _sort_keys as sort_keys
-from laperm_jax import _layouts
-from laperm_jax import _rows
 from benchmarks import alternatives
 from benchmarks import kernels
 from benchmarks import timing
+import laperm_jax
+from laperm_jax import _layouts
+from laperm_jax import _ranking as ranking
+from laperm_jax import _rows
+from laperm_jax import _sort_keys as sort_keys
 
 try:  # optional
   import tensorflow as tf

@@ -39,9 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import laperm_jax
 from benchmarks import alternatives
 from benchmarks import timing
+import laperm_jax
 
 
 # ---------------------------------------------------------------- models --

@@ -20,15 +20,16 @@ sync puts both on the same exact pool values as long as the ranks agree.
 """
 
 import argparse
+import itertools
 import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 from jax.sharding import AxisType
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import numpy as np
+import optax
 
 import laperm_jax
 
@@ -36,7 +37,7 @@ import laperm_jax
 def init_params(key, sizes):
   """Dense layers ``(in, out)`` with LeCun-normal kernels and zero biases."""
   params = {}
-  for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+  for index, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
     key, sub = jax.random.split(key)
     params[f'dense_{index}'] = {
         'kernel': jax.random.normal(sub, (fan_in, fan_out)) / np.sqrt(fan_in),
