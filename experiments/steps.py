@@ -168,15 +168,22 @@ class Steps:
       return new_carry, (ce, grads)
 
     def chunk(carry, idx, steps, x_train, y_train):
-      """Steps idx.shape[0] in a scan, which also carries the params just
-      before each step (the sync bound needs those of the last)."""
+      """Steps idx.shape[0]: all but the last in a scan, then the last.
+
+      The sync bound needs the params just before the last step. Carrying
+      them through the scan would copy the params on every step (a while
+      loop's carry is one buffer per element, so the previous params must be
+      copied out of the way of the new ones); the params the scan ends with
+      are them, at no cost.
+      """
       def body(c, inp):
-        train_carry, _ = c
-        new_carry, (ce, _) = one_step(train_carry, inp, x_train, y_train)
-        return (new_carry, train_carry.params), ce
-      (last, before), ce = jax.lax.scan(body, (carry, carry.params),
-                                        (idx, steps))
-      return last, ce, before, synced(last.opt_state)
+        new_carry, (ce, _) = one_step(c, inp, x_train, y_train)
+        return new_carry, ce
+      before, ce = jax.lax.scan(body, carry, (idx[:-1], steps[:-1]))
+      last, (last_ce, _) = one_step(before, (idx[-1], steps[-1]), x_train,
+                                    y_train)
+      return (last, jnp.concatenate([ce, last_ce[None]]), before.params,
+              synced(last.opt_state))
 
     def single_step(carry, idx, step, x_train, y_train):
       new_carry, (ce, _) = one_step(carry, (idx, step), x_train, y_train)
@@ -197,7 +204,11 @@ class Steps:
 
     self.use_scan = pipe.cfg.scan == 'on' or (pipe.cfg.scan == 'auto' and (
         jax.default_backend() != 'cpu' or not has_conv(params)))
-    self._chunk, self._single_step = jax.jit(chunk), jax.jit(single_step)
+    # The chunk's carry is donated: the loop replaces it by the chunk's
+    # output, and XLA updates params and optimizer state in place instead of
+    # copying them in on every call.
+    self._chunk = jax.jit(chunk, donate_argnums=0)
+    self._single_step = jax.jit(single_step)
     self._sync_step = jax.jit(sync_step)
     self._evaluate, self._evaluate_exact = (jax.jit(evaluate),
                                             jax.jit(evaluate_exact))

@@ -1,6 +1,9 @@
 """The training protocol of the experiments harness, on tiny real data."""
 
+import re
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -178,3 +181,39 @@ def test_a_registry_entry_is_a_new_optimizer(monkeypatch):
   assert res['config']['optimizer'] == 'plain_sgd'
   assert res['n_syncs'] == 0 and res['exact_permutation_library'] is None
   assert not res['history'][-1]['after_sync']
+
+
+
+def loop_body_copies(hlo: str, shapes) -> list[str]:
+  """The copy instructions of ``shapes`` in the loop bodies of a compiled
+  program (each runs once per loop iteration)."""
+  bodies = set(re.findall(r'body=%?([\w.\-]+)', hlo))
+  wanted = {','.join(map(str, s)) for s in shapes}
+  found, computation = [], None
+  for line in hlo.splitlines():
+    header = re.match(r'(?:ENTRY )?%?([\w.\-]+) .*\{$', line)
+    if header:
+      computation = header.group(1)
+    elif (computation in bodies and
+          (m := re.search(r'= \w+\[([\d,]*)\]\S* copy\(', line)) and
+          m.group(1) in wanted):
+      found.append(line.strip()[:100])
+  return found
+
+
+def test_the_training_chunk_copies_no_kernel_per_step_and_is_donated():
+  # A kernel-sized copy in the scan's loop body runs on every step; an
+  # undonated carry is copied in on every call.
+  pipe = training.Pipeline(tiny(), DIGITS)
+  params, batch_stats, mask = pipe.init_variables()
+  inner, tx = pipe.make_optimizer(params, mask)
+  steps = training.Steps(pipe, tx, inner, params, batch_stats)
+  carry = training.TrainCarry(params, batch_stats, tx.init(params))
+  hlo = steps._chunk.lower(  # pylint: disable=protected-access
+      carry, jnp.asarray(pipe.batch_indices(0, 3)),
+      jnp.arange(1, 4, dtype=jnp.int32), pipe.x_train,
+      pipe.y_train).compile().as_text()
+  assert re.search(r'body=', hlo)  # the steps before the last: a loop
+  kernels = {np.shape(p) for p in jax.tree.leaves(params) if np.ndim(p) > 1}
+  assert not loop_body_copies(hlo, kernels)
+  assert 'input_output_alias' in hlo.splitlines()[0]  # the carry is donated
