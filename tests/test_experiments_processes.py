@@ -98,9 +98,14 @@ def test_two_processes_match_one_process_with_as_many_devices(runs):
     np.testing.assert_array_equal(got[key], value, err_msg=key)
 
 
-def test_only_process_zero_writes_its_outputs(runs):
-  written = sorted(p.name for p in runs['two'].iterdir())
-  assert written == ['checkpoints', 'curves.png', 'results.json'], written
+def test_processes_but_the_first_write_and_print_nothing(tmp_path, monkeypatch,
+                                                         capsys):
+  monkeypatch.setattr(jax, 'process_index', lambda: 1)
+  assert train.main(['--preset', 'tiny_digits', '--max-steps', '3',
+                     '--optimizer', 'laperm', '--no-progress',
+                     '--no-compile-cache', '--out', str(tmp_path)]) == 0
+  assert not list(tmp_path.iterdir())
+  assert capsys.readouterr().out == ''
 
 
 def test_resume_across_processes_is_bit_identical(runs):
