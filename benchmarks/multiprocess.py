@@ -37,7 +37,7 @@ import threading
 import time
 
 from benchmarks import timing
-from tests import local_processes
+from experiments import processes as local_processes
 
 JOBS = {'1 x 4': (1, 4), '2 x 2': (2, 2)}  # name: (processes, devices each)
 CONTENDERS = ('adam', 'laperm non-sync', 'laperm sync')

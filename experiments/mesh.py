@@ -18,14 +18,24 @@ CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count=8``). Results
 match the single-device run to float rounding (the gradient sum over ``data``
 adds in another order); a sync puts both on the same pool values as long as
 the ranks agree.
+
+Without ``--mesh`` the CLI trains on every local device, data parallel
+(``data=<local device count>``), when the batch divides; ``--mesh none``
+keeps one device. On several processes (``--num-processes``,
+``--distributed``) the mesh spans every device of every process, and each
+process supplies only its own rows of each batch (:meth:`MeshPlan.batch_indices`).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import numpy as np
 
 AXES = ('data', 'model')
 
@@ -53,20 +63,79 @@ def parse(spec: str) -> dict[str, int]:
   return sizes
 
 
-class MeshPlan:
-  """The mesh and the sharding rules of one run."""
+def check_fit(spec: str, batch_size: int | None, num_devices: int,
+              num_processes: int = 1) -> dict[str, int]:
+  """The axis sizes of ``spec``, or ``MeshError`` when they do not fit.
 
-  def __init__(self, spec: str, batch_size: int | None = None):
-    self.spec = spec
-    self.sizes = parse(spec)
-    n = self.sizes['data'] * self.sizes['model']
-    available = jax.device_count()
-    if n > available:
-      raise MeshError(f'--mesh {spec!r} needs {n} devices; {available} '
-                      f'available ({jax.default_backend()})')
-    if batch_size is not None and batch_size % self.sizes['data']:
+  On one process the mesh takes the first devices; on several it must span
+  all of them (each process holds its share of every array).
+
+  >>> check_fit('data=2,model=2', batch_size=8, num_devices=4, num_processes=2)
+  {'data': 2, 'model': 2}
+  >>> check_fit('data=3', batch_size=8, num_devices=4)
+  Traceback (most recent call last):
+  ...
+  experiments.mesh.MeshError: --batch-size 8 must be a multiple of the data axis (3)
+  """
+  sizes = parse(spec)
+  n = sizes['data'] * sizes['model']
+  if n > num_devices:
+    raise MeshError(f'--mesh {spec!r} needs {n} devices; {num_devices} '
+                    f'available')
+  if num_processes > 1 and n != num_devices:
+    raise MeshError(f'--mesh {spec!r} uses {n} devices; on {num_processes} '
+                    f'processes it must use all {num_devices}')
+  if batch_size is not None and batch_size % sizes['data']:
+    raise MeshError(f'--batch-size {batch_size} must be a multiple of the '
+                    f'data axis ({sizes["data"]})')
+  return sizes
+
+
+def default_spec(batch_size: int, num_devices: int,
+                 num_processes: int = 1) -> str | None:
+  """``data=<every device>`` when the batch divides, else None (one device).
+
+  On several processes there is no one-device fallback: a batch that does
+  not divide is a ``MeshError``.
+
+  >>> default_spec(32, 8), default_spec(50, 8), default_spec(50, 1)
+  ('data=8', None, None)
+  """
+  if num_devices == 1:
+    return None
+  if batch_size % num_devices:
+    if num_processes > 1:
       raise MeshError(f'--batch-size {batch_size} must be a multiple of the '
-                      f'data axis ({self.sizes["data"]})')
+                      f'{num_devices} devices of {num_processes} processes '
+                      '(or give --mesh)')
+    return None
+  return f'data={num_devices}'
+
+
+def global_array(value: Any, sharding: NamedSharding) -> jax.Array:
+  """``value`` (the same on every process) as one array laid out by
+  ``sharding``; each process supplies only the shards it holds."""
+  host = np.asarray(value)
+  return jax.make_array_from_callback(host.shape, sharding,
+                                      lambda index: host[index])
+
+
+class MeshPlan:
+  """The mesh and the sharding rules of one run.
+
+  Attributes:
+    spec: the ``--mesh`` value.
+    sizes: ``{'data': D, 'model': M}``.
+    chosen: ``'flag'`` (``--mesh``) or ``'default'`` (every device).
+    mesh: the ``jax.sharding.Mesh``.
+  """
+
+  def __init__(self, spec: str, batch_size: int | None = None,
+               chosen: str = 'flag'):
+    self.spec, self.chosen = spec, chosen
+    self.sizes = check_fit(spec, batch_size, jax.device_count(),
+                           jax.process_count())
+    n = self.sizes['data'] * self.sizes['model']
     self.mesh = jax.make_mesh((self.sizes['data'], self.sizes['model']), AXES,
                               axis_types=(AxisType.Auto,) * 2,
                               devices=jax.devices()[:n])
@@ -76,7 +145,8 @@ class MeshPlan:
   def describe(self) -> dict:
     return dict(spec=self.spec, shape=dict(self.sizes),
                 devices=self.sizes['data'] * self.sizes['model'],
-                platform=jax.default_backend())
+                platform=jax.default_backend(), chosen=self.chosen,
+                processes=jax.process_count())
 
   def sharding_of(self, leaf) -> NamedSharding:
     """The last (output) axis on ``model`` where it divides, else replicated."""
@@ -92,13 +162,32 @@ class MeshPlan:
     """Puts the data, params and a fresh optimizer state on the mesh."""
     for name in ('x_train', 'y_train', 'pixel_mean', 'x_test', 'y_test',
                  'valid'):
-      setattr(pipe, name, jax.device_put(getattr(pipe, name),
-                                         self.replicated))
-    params = jax.device_put(params, self.shardings(params))
-    batch_stats = jax.device_put(batch_stats, self.shardings(batch_stats))
+      setattr(pipe, name, global_array(getattr(pipe, name), self.replicated))
+    params = jax.tree.map(global_array, params, self.shardings(params))
+    batch_stats = jax.tree.map(global_array, batch_stats,
+                               self.shardings(batch_stats))
     out = self.shardings(jax.eval_shape(tx.init, params))
     opt_state = jax.jit(tx.init, out_shardings=out)(params)
     return params, batch_stats, opt_state
+
+  def batch_indices(self, indices: np.ndarray) -> jax.Array:
+    """The rows of a chunk's batches, ``(steps, batch)``, split over
+    ``data``: each process supplies only the rows of its own devices."""
+    return global_array(indices, NamedSharding(self.mesh, P(None, 'data')))
+
+  def steps(self, values: np.ndarray) -> jax.Array:
+    """Step numbers (or one step's rows), replicated over the mesh."""
+    return global_array(values, self.replicated)
+
+  def to_host(self, tree: Any) -> Any:
+    """Every leaf whole, as NumPy, on every process (gathered across
+    processes where no process holds it whole)."""
+    def gather(leaf):
+      if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable and (
+          not leaf.is_fully_replicated):
+        return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+      return np.asarray(leaf)
+    return jax.tree.map(gather, tree)
 
   def shard_batch(self, x):
     return jax.lax.with_sharding_constraint(x, self.batch)

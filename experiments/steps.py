@@ -143,6 +143,9 @@ class Steps:
                inner: optax.GradientTransformation, params: Any,
                batch_stats: Any, mesh: Any = None):
     self.pipe, self.programs = pipe, Programs()
+    # Host inputs as global arrays on the mesh (each process its own rows).
+    self._rows = mesh.batch_indices if mesh is not None else jnp.asarray
+    self._replicated = mesh.steps if mesh is not None else lambda x: x
     self.reconnects = pipe.reconnects
     has_bn = bool(jax.tree.leaves(batch_stats))
     loss_fn = _loss_function(pipe, pipe.decay_mask(params), has_bn)
@@ -222,8 +225,8 @@ class Steps:
 
   def chunk(self, carry: TrainCarry, lo: int, hi: int) -> ChunkOutput:
     """Trains steps lo+1 .. hi."""
-    idx = jnp.asarray(self.pipe.batch_indices(lo, hi))
-    steps = jnp.arange(lo + 1, hi + 1, dtype=jnp.int32)
+    idx = self._rows(self.pipe.batch_indices(lo, hi))
+    steps = self._replicated(jnp.arange(lo + 1, hi + 1, dtype=jnp.int32))
     if self.use_scan:
       carry, ce, before, synced = self.programs.call(
           ('chunk', hi - lo), self._chunk, carry, idx, steps, *self._data())
@@ -241,9 +244,10 @@ class Steps:
                 ) -> tuple[TrainCarry, np.ndarray, Any]:
     """Trains step ``step`` (a sync); also returns the params just before
     the sync, after the inner optimizer's update of that step."""
-    idx = jnp.asarray(self.pipe.batch_indices(step - 1, step)[0])
+    idx = self._rows(self.pipe.batch_indices(step - 1, step))[0]
     carry, ce, pre_sync = self.programs.call(
-        'sync_step', self._sync_step, carry, idx, jnp.int32(step),
+        'sync_step', self._sync_step, carry, idx,
+        self._replicated(jnp.int32(step)),
         *self._data())
     return carry, np.asarray(ce)[None], pre_sync
 

@@ -17,12 +17,15 @@ import argparse
 import os
 import sys
 
+import jax
+
 from experiments import checkpointing
 from experiments import cli
 from experiments import compile_cache
 from experiments import mesh as mesh_lib
 from experiments import plots
 from experiments import presets as presets_lib
+from experiments import processes
 from experiments import training
 
 
@@ -45,11 +48,102 @@ def build_parser() -> argparse.ArgumentParser:
                       'flags as the interrupted run)')
   parser.add_argument('--mesh', default=None, metavar='data=D[,model=M]',
                       help='train on D*M devices: the batch split over data, '
-                      'kernels split over their output axis on model')
+                      'kernels split over their output axis on model '
+                      '(default: data=<every device> when the batch '
+                      'divides; "none": one device)')
+  add_process_args(parser)
   parser.add_argument('--no-compile-cache', action='store_true',
                       help="do not use JAX's persistent compilation cache "
                       f'(default: on, in {compile_cache.default_directory()})')
   return parser
+
+
+def add_process_args(parser: argparse.ArgumentParser) -> None:
+  """``--num-processes``, ``--devices-per-process``, ``--distributed``."""
+  parser.add_argument('--num-processes', type=int, default=1, metavar='N',
+                      help='start N local JAX processes (gloo collectives '
+                      'on CPU), as on N hosts; the mesh spans all of them')
+  parser.add_argument('--devices-per-process', type=int, default=None,
+                      metavar='D', help='fake CPU devices in each local '
+                      'process (default 1)')
+  parser.add_argument('--distributed', action='store_true',
+                      help='one process of a cluster job: call '
+                      'jax.distributed.initialize() (TPU pod slices, SLURM, '
+                      'Open MPI), then train on the mesh over every process')
+  # Set by the launcher in each local process it starts.
+  parser.add_argument('--process-id', type=int, default=0,
+                      help=argparse.SUPPRESS)
+  parser.add_argument('--coordinator', default=None, help=argparse.SUPPRESS)
+
+
+def launches_processes(args: argparse.Namespace) -> bool:
+  """Whether this command starts local processes (it is not one of them)."""
+  return args.coordinator is None and (
+      args.num_processes > 1 or args.devices_per_process is not None)
+
+
+def launch(args: argparse.Namespace, argv: list[str]) -> int:
+  """Starts the local processes of ``--num-processes``; process 0 writes
+  to this console. The mesh is checked first, before any process starts."""
+  num, per = args.num_processes, args.devices_per_process or 1
+  if num < 1 or per < 1:
+    cli.fail('--num-processes and --devices-per-process must be >= 1')
+  if args.distributed:
+    cli.fail('--distributed is for a cluster job; --num-processes starts '
+             'local processes: use one or the other')
+  try:
+    if args.mesh == 'none':
+      if num * per > 1:
+        raise mesh_lib.MeshError(f'--mesh none trains on one device; '
+                                 f'{num} x {per} devices were asked for')
+    else:
+      spec = args.mesh or mesh_lib.default_spec(args.batch_size, num * per,
+                                                num)
+      if spec is not None:
+        mesh_lib.check_fit(spec, args.batch_size, num * per, num)
+  except mesh_lib.MeshError as e:
+    cli.fail(str(e))
+  try:
+    processes.launch('experiments.train', argv, num_processes=num,
+                     devices_per_process=per)
+  except processes.LaunchError as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    return 1
+  return 0
+
+
+def join_processes(args: argparse.Namespace) -> None:
+  """Joins the job this process belongs to, if any, before JAX starts."""
+  if args.distributed:
+    jax.distributed.initialize()
+  elif args.coordinator is not None:
+    processes.initialize(args)
+
+
+def mesh_plan(args: argparse.Namespace) -> mesh_lib.MeshPlan | None:
+  """``--mesh``, or every device when the batch divides; None: one device."""
+  if args.mesh == 'none':
+    if jax.process_count() > 1:
+      cli.fail('--mesh none trains on one device, not on several processes')
+    return None
+  try:
+    if args.mesh:
+      return mesh_lib.MeshPlan(args.mesh, args.batch_size)
+    spec = mesh_lib.default_spec(args.batch_size, jax.device_count(),
+                                 jax.process_count())
+    if spec is None:
+      if jax.device_count() > 1 and jax.process_index() == 0:
+        print(f'training on one of {jax.device_count()} devices: '
+              f'--batch-size {args.batch_size} does not divide over them '
+              '(give --mesh)', flush=True)
+      return None
+    plan = mesh_lib.MeshPlan(spec, args.batch_size, chosen='default')
+  except mesh_lib.MeshError as e:
+    cli.fail(str(e))
+  if jax.process_index() == 0:
+    print(f'training data parallel on every device: --mesh {spec} '
+          '(--mesh none: one device)', flush=True)
+  return plan
 
 
 def summary_line(label: str, results: dict) -> str:
@@ -126,6 +220,10 @@ def main(argv=None) -> int:
     for name, preset in presets_lib.PRESETS.items():
       print(f'{name}: {preset}')
     return 0
+  if launches_processes(args):
+    return launch(args, list(sys.argv[1:] if argv is None else argv))
+  join_processes(args)
+  is_main = jax.process_index() == 0  # the one that writes and prints
   if not args.no_compile_cache:
     compile_cache.enable()
   optimizers = ('laperm', 'adam') if args.optimizer == 'both' else (
@@ -134,12 +232,7 @@ def main(argv=None) -> int:
   dataset = cli.load_dataset(base_cfg)
   title = f'{args.model} on {args.dataset}'
   outcomes = {}
-  plan = None
-  if args.mesh:
-    try:
-      plan = mesh_lib.MeshPlan(args.mesh, args.batch_size)
-    except mesh_lib.MeshError as e:
-      cli.fail(str(e))
+  plan = mesh_plan(args)
   for opt in optimizers:
     cfg = cli.config_from_args(args, optimizer=opt)
     pipeline = cli.make_pipeline(cfg, dataset)
@@ -153,18 +246,21 @@ def main(argv=None) -> int:
             resume=args.resume)
       except checkpointing.ResumeError as e:
         cli.fail(str(e))
-      if args.resume:
+      if args.resume and is_main:
         print(f'{opt}: resuming from step {checkpoints.latest}'
               if checkpoints.latest is not None else
               f'{opt}: no checkpoint in {checkpoints.directory}; starting '
               'from step 0', file=sys.stderr, flush=True)
-    result = training.run(cfg, progress=not args.no_progress,
+    result = training.run(cfg, progress=not args.no_progress and is_main,
                           pipeline=pipeline, checkpoints=checkpoints,
                           mesh=plan)
     if checkpoints is not None:
       checkpoints.close()
     outcomes[opt] = result
-    print(summary_line(opt, result.results), flush=True)
+    if is_main:
+      print(summary_line(opt, result.results), flush=True)
+  if not is_main:
+    return 0
   if len(outcomes) == 1:
     (result,) = outcomes.values()
     write_run(args.out, result, title)

@@ -113,6 +113,10 @@ def run(cfg: RunConfig, dataset: data_lib.Dataset | None = None,
   loop = Loop(pipe, steps, tx, TrainCarry(params, batch_stats, opt_state),
               mask, checkpoints, mesh)
   loop.train(progress)
+  if mesh is not None and jax.process_count() > 1:  # no process holds all
+    loop.carry, loop.exact_params, loop.params_before_last_step = (
+        mesh.to_host((loop.carry, loop.exact_params,
+                      loop.params_before_last_step)))
   trained = loop.carry.params
   final = to_host(loop.exact_params if loop.reconnects else trained)
   results = results_json.assemble(loop, params0, final, mask, mesh,

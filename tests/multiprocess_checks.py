@@ -1,6 +1,6 @@
 """LaPerm on a 4-device mesh, run by ``test_multiprocess.py``.
 
-Started through ``tests/local_processes.py``: as 2 processes x 2 CPU devices
+Started through ``experiments/processes.py``: as 2 processes x 2 CPU devices
 (the mesh spans both processes) or as 1 process x 4 devices (the reference).
 For two layouts of the kernels (split over their output axis: every weight
 vector on one device; over their input axis: vectors split across devices,
@@ -34,7 +34,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import laperm_jax
-from tests import local_processes
+from experiments import processes as local_processes
 from tests import sharding_checks
 
 SYNC_PERIOD = 2

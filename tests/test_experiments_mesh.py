@@ -1,4 +1,5 @@
-"""`--mesh`: the train CLI on 8 fake CPU devices equals the one-device run."""
+"""`--mesh`: the train CLI on 8 fake CPU devices equals the one-device run;
+without `--mesh` it trains data parallel on every device."""
 
 import json
 import os
@@ -20,7 +21,7 @@ SCRIPT = r'''
 import json, pathlib, sys
 import jax, numpy as np
 import orbax.checkpoint as ocp
-from experiments import checkpointing, train
+from experiments import checkpointing, mesh, train
 
 assert jax.device_count() == 8, jax.devices()
 out = pathlib.Path(sys.argv[1])
@@ -44,14 +45,15 @@ def final(name):
           for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 report = {}
-assert train.main(RUN + ['--out', str(out / 'single')]) == 0
-for mesh in ('data=4,model=2', 'data=8'):
-  name = mesh.replace('=', '').replace(',', '_')
-  assert train.main(RUN + ['--mesh', mesh, '--out', str(out / name)]) == 0
+assert train.main(RUN + ['--mesh', 'none', '--out', str(out / 'single')]) == 0
+for spec in ('data=4,model=2', 'default'):
+  name = spec.replace('=', '').replace(',', '_')
+  flags = [] if spec == 'default' else ['--mesh', spec]
+  assert train.main(RUN + flags + ['--out', str(out / name)]) == 0
   a = json.loads((out / 'single' / 'results.json').read_text())
   b = json.loads((out / name / 'results.json').read_text())
   ref, got = final('single'), final(name)
-  report[mesh] = dict(
+  report[spec] = dict(
       mesh=b['mesh'],
       accuracies=[[x['test_accuracy'], y['test_accuracy']]
                   for x, y in zip(a['history'], b['history'])],
@@ -62,6 +64,9 @@ for mesh in ('data=4,model=2', 'data=8'):
       same_leaves=sorted(ref) == sorted(got),
       within_sync_bound=b['trained_params_within_sync_bound'],
       shardings=live[str((out / name / 'checkpoints').absolute())])
+rows = mesh.MeshPlan('data=4,model=2').batch_indices(
+    np.arange(3 * 32).reshape(3, 32))
+report['batch_rows'] = sorted({s.data.shape for s in rows.addressable_shards})
 print('RESULTS ' + json.dumps(report))
 '''
 
@@ -76,6 +81,11 @@ def test_mesh_matches_single_device(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith('RESULTS ')][-1]
   report = json.loads(line[len('RESULTS '):])
+  # Each device holds only its data shard of each batch's rows.
+  assert report.pop('batch_rows') == [[3, 8]]
+  assert report['default']['mesh']['spec'] == 'data=8'
+  assert report['default']['mesh']['chosen'] == 'default'
+  assert report['data=4,model=2']['mesh']['chosen'] == 'flag'
   for mesh, got in report.items():
     assert got['mesh']['devices'] == 8, mesh
     assert got['same_leaves'] and got['within_sync_bound'] is True, mesh

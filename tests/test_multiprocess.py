@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from tests import local_processes
+from experiments import processes as local_processes
 from tests import multiprocess_checks as checks
 
 CHILD = 'tests.multiprocess_checks'

@@ -1,8 +1,10 @@
 """Several JAX processes on this machine, as on several hosts.
 
-The parent side (:func:`run`) starts ``num_processes`` copies of a module
-with ``python -m``, each with its own fake CPU devices, and returns their
-standard outputs. It is bounded: when any process fails, the others are
+The parent side (:func:`run`, :func:`launch`) starts ``num_processes``
+copies of a module with ``python -m``, each with its own fake CPU devices.
+:func:`run` returns their standard outputs (for tests); :func:`launch` lets
+process 0 write to this console (``python -m experiments.train
+--num-processes N``). It is bounded: when any process fails, the others are
 killed at once; when the whole launch overruns its time limit, all are
 killed; on Linux, when the launcher itself is killed, so are they. Nothing
 is left running.
@@ -111,9 +113,12 @@ def _report(what: str, returncodes: list[int],
 
 
 def _wait_all(processes: list[subprocess.Popen], logs: list[pathlib.Path],
-              timeout_s: float) -> None:
-  """Waits for every process to succeed; kills all at the first failure."""
-  deadline = time.monotonic() + timeout_s
+              timeout_s: float | None) -> None:
+  """Waits for every process to succeed; kills all at the first failure.
+
+  ``timeout_s=None``: no time limit for the whole launch.
+  """
+  deadline = None if timeout_s is None else time.monotonic() + timeout_s
   while True:
     codes = [process.poll() for process in processes]
     failed = [i for i, code in enumerate(codes) if code not in (None, 0)]
@@ -125,7 +130,7 @@ def _wait_all(processes: list[subprocess.Popen], logs: list[pathlib.Path],
           'stopped.', returncodes, logs), returncodes)
     if all(code == 0 for code in codes):
       return
-    if time.monotonic() > deadline:
+    if deadline is not None and time.monotonic() > deadline:
       returncodes = stop(processes)
       raise LaunchError(_report(
           f'the launch overran its {timeout_s:.0f} s; every process was '
@@ -135,28 +140,35 @@ def _wait_all(processes: list[subprocess.Popen], logs: list[pathlib.Path],
 
 def start(module: str, args: list[str], *, num_processes: int,
           devices_per_process: int, log_dir: pathlib.Path,
-          interactive: bool = False) -> list[subprocess.Popen]:
+          interactive: bool = False, console: bool = False,
+          warnings_as_errors: bool = True) -> list[subprocess.Popen]:
   """Starts ``python -m module`` as one job of several local processes.
 
   Each process gets ``args`` and its place in the job (``--process-id``,
   ``--num-processes``, ``--coordinator``). Its standard error goes to
   ``log_dir/process{i}.log``; its standard output to
   ``log_dir/process{i}.out``, or, when ``interactive``, to a pipe, as its
-  standard input comes from one (text mode). Stop them with :func:`stop`.
+  standard input comes from one (text mode). With ``console``, process 0
+  writes both to this process's standard output and error instead. With
+  ``warnings_as_errors`` (as in the test suite) a deprecation fails early.
+  Stop them with :func:`stop`.
   """
   coordinator = f'127.0.0.1:{free_port()}'
   env = child_env(devices_per_process)
   processes = []
   try:
     for index in range(num_processes):
-      # Warnings are errors, as in the test suite: a deprecation fails early.
-      command = [sys.executable, '-W', 'error', '-m', module, *args,
+      flags = ['-W', 'error'] if warnings_as_errors else []
+      command = [sys.executable, *flags, '-m', module, *args,
                  '--process-id', str(index),
                  '--num-processes', str(num_processes),
                  '--coordinator', coordinator]
       with contextlib.ExitStack() as files:
         log = files.enter_context(open(log_dir / f'process{index}.log', 'w'))
-        if interactive:
+        if console and index == 0:
+          streams = {'stdin': subprocess.DEVNULL, 'stdout': None}
+          log = None
+        elif interactive:
           streams = {'stdin': subprocess.PIPE, 'stdout': subprocess.PIPE,
                      'text': True}
         else:
@@ -207,6 +219,39 @@ def run(module: str, args: list[str], *, num_processes: int,
       stop(processes)  # also on KeyboardInterrupt
     return [(log_dir / f'process{i}.out').read_text()
             for i in range(num_processes)]
+
+
+def launch(module: str, args: list[str], *, num_processes: int,
+           devices_per_process: int) -> None:
+  """Runs ``python -m module`` as one job; process 0 writes to this console.
+
+  The other processes' standard output and error go to log files, whose
+  tails a failure reports. There is no time limit on the job, but a process
+  that fails stops the others at once.
+
+  Args:
+    module: the child module; it calls :func:`initialize` first.
+    args: its arguments (the same for every process).
+    num_processes: processes to start.
+    devices_per_process: fake CPU devices in each.
+
+  Raises:
+    LaunchError: a process exited non-zero; every process has been stopped.
+
+  Example:
+    >>> launch('json.tool', ['--help'], num_processes=1,
+    ...        devices_per_process=1)  # doctest: +SKIP
+  """
+  with tempfile.TemporaryDirectory() as directory:
+    log_dir = pathlib.Path(directory)
+    processes = start(module, args, num_processes=num_processes,
+                      devices_per_process=devices_per_process,
+                      log_dir=log_dir, console=True,
+                      warnings_as_errors=False)
+    try:
+      _wait_all(processes, logs(log_dir, num_processes), None)
+    finally:
+      stop(processes)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
