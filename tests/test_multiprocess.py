@@ -24,6 +24,8 @@ TIMEOUT_S = 300  # per launch; each takes a fraction of it
 # before JAX's own detection of a missing process would end it.
 FAIL_FAST_S = 60
 KERNELS = ('dense', 'conv')
+# One xdist worker runs this module, so its module fixture runs once.
+pytestmark = pytest.mark.xdist_group('multiprocess')
 
 
 def load(directory: pathlib.Path, num_processes: int):
