@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
   # make the checkout look dirty.
   record = dict(command='python -m benchmarks.main_job ' +
                 ' '.join(argv if argv is not None else sys.argv[1:]),
-                date=datetime.datetime.now(datetime.timezone.utc)
+                date=datetime.datetime.now(datetime.UTC)
                 .isoformat(timespec='seconds'),
                 runs=runs, **summary, provenance=provenance.collect())
   os.makedirs(args.out, exist_ok=True)

@@ -33,10 +33,10 @@ import sys
 import jax
 import numpy as np
 
-import laperm_jax
 from experiments import cli
 from experiments import plots
 from experiments import training
+import laperm_jax
 
 
 def flat_masked(tree, mask):

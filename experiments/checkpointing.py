@@ -19,16 +19,18 @@ is bit-identical to the uninterrupted one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import json
 import os
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
 
-import laperm_jax
 from experiments.steps import TrainCarry
+import laperm_jax
+
 
 class ResumeError(ValueError):
   """The checkpoint cannot continue this run (one-line message)."""

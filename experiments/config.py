@@ -52,7 +52,7 @@ class RunConfig:
       '(lr*R^(epoch//E)) | resnet (the Keras CIFAR ResNet steps)')
   init: str = _flag('default', 'default | sparse (Bernoulli keep mask) | '
                     'shared ({0, w})', choices=INITS)
-  density: Any = _flag(
+  density: Any = _flag(  # noqa: RUF009 (a dataclasses.field)
       None, 'fraction of kernel weights kept non-zero; one value or one per '
       'layer, comma-separated (default 1, or 0.5 with --init sparse/shared)',
       type=str)
@@ -133,7 +133,7 @@ def parse_k(k: str | int | None, steps_per_epoch: int) -> int:
   if k is None:
     return steps_per_epoch
   if isinstance(k, str) and k.endswith('ep'):
-    return max(1, int(round(float(k[:-2]) * steps_per_epoch)))
+    return max(1, round(float(k[:-2]) * steps_per_epoch))
   value = int(k)
   if value < 1:
     raise ValueError(f'k must be >= 1, got {k}')

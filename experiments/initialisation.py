@@ -11,9 +11,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-import laperm_jax
 from experiments import models as models_lib
 from experiments.config import RunConfig
+import laperm_jax
 
 
 class InitialVariables(NamedTuple):
@@ -99,7 +99,8 @@ def decay_mask(params: Any, scope: str) -> Any:
   if scope == 'conv':
     return jax.tree.map(lambda f, p: bool(f and p.ndim == 4), kernels, params)
   if scope == 'hidden':
-    last = sorted(k for k in params if k.startswith('dense'))[-1]
-    return {name: jax.tree.map(lambda f: bool(f and name != last), sub)
+    last = max(k for k in params if k.startswith('dense'))
+    return {name: jax.tree.map(lambda f, name=name: bool(f and name != last),
+                               sub)
             for name, sub in kernels.items()}
   return kernels

@@ -12,8 +12,8 @@ Keras does for 1-D shapes. Batch norm: momentum 0.99, epsilon 1e-3.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import dataclasses
-from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax

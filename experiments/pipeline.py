@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import augment as augment_lib
+from experiments import config as config_lib
 from experiments import data as data_lib
 from experiments import initialisation
 from experiments import models as models_lib
 from experiments import optimizers
-from experiments import config as config_lib
 from experiments.config import RunConfig
 
 
@@ -76,12 +76,12 @@ class Pipeline:
     self.steps_per_epoch = n_train // cfg.batch_size
     if self.steps_per_epoch < 1:
       raise ValueError('batch size larger than the training set')
-    self.total_steps = max(1, int(round(cfg.epochs * self.steps_per_epoch)))
+    self.total_steps = max(1, round(cfg.epochs * self.steps_per_epoch))
     if cfg.max_steps is not None:
       self.total_steps = min(self.total_steps, cfg.max_steps)
     self.k = config_lib.parse_k(cfg.k, self.steps_per_epoch)
     eval_every = cfg.eval_every or self.steps_per_epoch
-    self.eval_interval = self.k * max(1, int(round(eval_every / self.k)))
+    self.eval_interval = self.k * max(1, round(eval_every / self.k))
 
   def _place_test_set(self, ds: data_lib.Dataset, batch: int) -> None:
     n_test = len(ds.y_test)

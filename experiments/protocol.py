@@ -29,7 +29,8 @@ The functions here are small and pure, tested on their own
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

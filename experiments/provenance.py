@@ -77,7 +77,7 @@ def xla_cpu_target() -> dict | None:
     compiled = jax.jit(lambda x: x + 1).lower(jnp.ones(4)).compile()
     blob = xla_bridge.get_backend('cpu').serialize_executable(
         compiled.runtime_executable())
-  except Exception:  # pylint: disable=broad-except
+  except Exception:  # noqa: BLE001 (provenance is best effort, never fatal)
     return None
   features = max(re.findall(rb'(?:[+-][a-z0-9_.-]+,)+[+-][a-z0-9_.-]+', blob),
                  key=len, default=b'')

@@ -14,11 +14,11 @@ import jax
 import numpy as np
 import optax
 
-import laperm_jax
 from experiments import models as models_lib
 from experiments import protocol
 from experiments.loop import Loop
 from experiments.pipeline import Pipeline
+import laperm_jax
 
 
 def vector_rows(leaf: np.ndarray) -> np.ndarray:
@@ -146,7 +146,7 @@ def _describe(pipe: Pipeline, params0: Any, mask: Any) -> dict:
                       f for p, f in zip(jax.tree.leaves(params0), flags)
                       if np.ndim(p) == 1))),
       dataset=dict(name=ds.name, source=ds.source,
-                   n_train=int(len(ds.y_train)), n_test=pipe.n_test,
+                   n_train=len(ds.y_train), n_test=pipe.n_test,
                    image_shape=list(ds.image_shape)))
 
 

@@ -13,17 +13,18 @@ evaluation of raw LaPerm weights (a run that does not end on a sync).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-import laperm_jax
 from experiments import augment as augment_lib
 from experiments.pipeline import Pipeline
+import laperm_jax
 
 
 class TrainCarry(NamedTuple):

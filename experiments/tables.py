@@ -302,7 +302,7 @@ def summary(files: Files) -> str:
   s50_20 = files.run('lenet300_fashion_sparse0.5_20ep_seed1')
   f1m, f1f = files.run('f1_mnist5k'), files.run('f1_fashion')
   f2m, f2f = files.run('f2_mnist5k'), files.run('f2_fashion')
-  sp = lambda name, ref: g(name, None, ref)  # noqa: E731
+  sp = lambda name, ref: g(name, None, ref)
   rows = [
       ['LeNet-300-100, LaPerm within 0.5 pt of Adam at equal epochs',
        f'Fashion 10 epochs {g("lenet300_fashion_seed1")} / '
@@ -346,7 +346,7 @@ TABLES = {'summary': summary, 'dense': dense, 'sparse': sparse,
           'shared': shared, 'ksweep': ksweep, 'ksweep_f1': ksweep_f1,
           'syncs': syncs, 'transplant': transplant, 'profiles': profiles}
 
-_BLOCK = re.compile(r'(<!-- table: (\w+) -->\n)(.*?)(\n<!-- /table -->)', re.S)
+_BLOCK = re.compile(r'(<!-- table: (\w+) -->\n)(.*?)(\n<!-- /table -->)', re.DOTALL)
 
 
 def render(text: str, files: Files) -> str:

@@ -18,9 +18,10 @@ one job each:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np

@@ -26,15 +26,15 @@ import re
 import time
 
 import jax
-import numpy as np
-import optax
-import orbax.checkpoint as ocp
 from jax.sharding import AxisType
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
 
-import laperm_jax
 from experiments import processes as local_processes
+import laperm_jax
 from tests import sharding_checks
 
 SYNC_PERIOD = 2

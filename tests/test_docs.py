@@ -29,7 +29,7 @@ def rendered_text(page: pathlib.Path) -> str:
 SNIPPETS = [(str(page.relative_to(DOCS)), index, code)
             for page in sorted(DOCS.rglob('*.md'))
             for index, code in enumerate(
-                re.findall(r'```python\n(.*?)```', rendered_text(page), re.S))]
+                re.findall(r'```python\n(.*?)```', rendered_text(page), re.DOTALL))]
 
 
 def _run(code, name):
@@ -77,7 +77,7 @@ def test_equinox_example_sorts_rows_of_out_in_weights():
 
 def test_every_section_title_appears_once_per_page():
   for page in sorted(DOCS.rglob('*.md')):
-    prose = re.sub(r'```.*?```', '', rendered_text(page), flags=re.S)
-    titles = re.findall(r'^#+ .*$', prose, re.M)
+    prose = re.sub(r'```.*?```', '', rendered_text(page), flags=re.DOTALL)
+    titles = re.findall(r'^#+ .*$', prose, re.MULTILINE)
     repeated = sorted({t for t in titles if titles.count(t) > 1})
     assert not repeated, f'docs/{page.relative_to(DOCS)} repeats {repeated}'

@@ -8,7 +8,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = ROOT / 'README.md'
-SNIPPETS = re.findall(r'```python\n(.*?)```', README.read_text(), re.S)
+SNIPPETS = re.findall(r'```python\n(.*?)```', README.read_text(), re.DOTALL)
 
 
 def test_readme_has_snippets():
@@ -19,7 +19,7 @@ def test_readme_has_snippets():
 def test_readme_snippet_runs_and_checks_its_result(index):
   snippet = SNIPPETS[index]
   # A snippet that only runs proves little: each asserts what it shows.
-  assert re.search(r'^assert ', snippet, re.M), f'snippet {index} checks nothing'
+  assert re.search(r'^assert ', snippet, re.MULTILINE), f'snippet {index} checks nothing'
   exec(compile(snippet, f'README.md snippet {index}', 'exec'), {})
 
 
@@ -37,7 +37,7 @@ def commands(text: str) -> list[str]:
 
 
 def test_ci_runs_exactly_the_readme_test_command():
-  bash = re.findall(r'```bash\n(.*?)```', README.read_text(), re.S)[0]
+  bash = re.findall(r'```bash\n(.*?)```', README.read_text(), re.DOTALL)[0]
   readme_test = [c for c in commands(bash) if 'pytest' in c]
   assert len(readme_test) == 1, readme_test
   # A whole executable line of .ci/run (not a comment, not a substring).
