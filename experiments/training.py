@@ -42,6 +42,8 @@ from experiments import checkpointing
 from experiments import data as data_lib
 from experiments import models as models_lib
 from experiments import protocol
+from experiments import sync_moves
+from experiments import vit
 
 PREPROCESSING = ('scale', 'raw', 'mean')
 INITS = ('default', 'sparse', 'shared')
@@ -140,6 +142,9 @@ class RunConfig:
       'adam', "inner optimizer: adam (paper) | sgd | momentum (SGD, 0.9) | "
       "lars (momentum 0.9, each leaf's step scaled to lr*|params|/|grads|); "
       '--lr is its learning rate', choices=INNERS)
+  layout: str = _flag(
+      'default', 'weight-vector layout passed as vector_axes (experiments.vit.'
+      'LAYOUTS; default: the library\'s)', choices=tuple(vit.LAYOUTS))
   scan: str = _flag(
       'auto', 'lax.scan over the steps between evaluations (auto: not for '
       'conv models on CPU, where XLA runs convs ~20x slower inside a loop; '
@@ -208,21 +213,29 @@ def per_leaf_density(params, density, first_layer: str, mask,
   return jax.tree_util.tree_map_with_path(leaf_density, params, mask)
 
 
-def vector_rows(leaf: np.ndarray) -> np.ndarray:
-  """(vector length, number of vectors): every axis but the last is a vector."""
-  return leaf.reshape(-1, leaf.shape[-1]) if leaf.ndim >= 2 else leaf[:, None]
+def vector_rows(leaf: np.ndarray,
+                axes: tuple[int, ...] | None = None) -> np.ndarray:
+  """(vector length, number of vectors): ``axes`` (default: every axis but
+  the last; a 1-D leaf is one vector) form one vector."""
+  if axes is None:
+    axes = tuple(range(max(1, leaf.ndim - 1)))
+  rest = [a for a in range(leaf.ndim) if a not in axes]
+  moved = np.transpose(leaf, list(axes) + rest)
+  return moved.reshape(int(np.prod([leaf.shape[a] for a in axes])), -1)
 
 
-def exact_permutation_check(params, params0, mask) -> bool:
+def exact_permutation_check(params, params0, mask, layout='default') -> bool:
   """Independent check: every masked leaf, per vector, sorts to theta_0."""
   flags = jax.tree.leaves(mask)
   leaves = jax.tree.leaves(params)
   leaves0 = jax.tree.leaves(params0)
+  axes_of = jax.tree.leaves(vit.vector_axes(layout, params0),
+                            is_leaf=lambda x: isinstance(x, tuple))
   ok = True
-  for flag, leaf, leaf0 in zip(flags, leaves, leaves0):
+  for flag, leaf, leaf0, axes in zip(flags, leaves, leaves0, axes_of):
     if flag:
-      a = np.sort(vector_rows(np.asarray(leaf)), axis=0)
-      b = np.sort(vector_rows(np.asarray(leaf0)), axis=0)
+      a = np.sort(vector_rows(np.asarray(leaf), axes), axis=0)
+      b = np.sort(vector_rows(np.asarray(leaf0), axes), axis=0)
       ok &= bool(np.array_equal(a, b))
   return ok if any(flags) else False
 
@@ -364,7 +377,10 @@ class Pipeline:
     if self.cfg.optimizer == 'laperm':
       return inner, laperm_jax.laperm(
           inner, self.k, mask=mask, carry_residual=self.cfg.carry_residual,
-          reset_inner_state=self.cfg.reset_inner_state)
+          reset_inner_state=self.cfg.reset_inner_state,
+          vector_axes=(None if self.cfg.layout == 'default' else
+                       lambda params: vit.vector_axes(self.cfg.layout,
+                                                      params)))
     return inner, inner
 
   # -- batches -------------------------------------------------------------
@@ -391,6 +407,7 @@ class Steps:
   def __init__(self, pipe: Pipeline, cfg: RunConfig, tx, inner, mask, params,
                batch_stats, mesh=None):
     model = pipe.model
+    self.mask = mask
     has_bn = bool(jax.tree.leaves(batch_stats))
     decay_mask = pipe.decay_mask(params)
     wd = cfg.weight_decay
@@ -659,7 +676,9 @@ class _Loop:
           step=point, acc_before=acc_before,
           acc_after=self.history[-1]['test_accuracy'],
           changed_fraction=float(frac), created=int(created),
-          removed=int(removed), nonzero=int(nonzero)))
+          removed=int(removed), nonzero=int(nonzero),
+          moved_by_leaf=sync_moves.moved_by_leaf(self.prev_exact, synced[0],
+                                                 steps.mask)))
       self.prev_exact = synced[0]
 
 
@@ -700,7 +719,8 @@ def _result(cfg, pipe, steps, loop, params0, mask, mesh,
       best_test_accuracy=best['test_accuracy'],
       best_step=best['step'],
       best_selection=protocol.best_selection_note(is_laperm),
-      exact_permutation=exact_permutation_check(final_params, params0, mask),
+      exact_permutation=exact_permutation_check(final_params, params0, mask,
+                                                cfg.layout),
       exact_permutation_library=library_check,
       max_abs_change_by_final_exact_sync=deviation,
       # The trained weights themselves, before the final exact reconnect:
