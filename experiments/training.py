@@ -232,7 +232,8 @@ def exact_permutation_check(params, params0, mask, layout='default') -> bool:
   axes_of = jax.tree.leaves(vit.vector_axes(layout, params0),
                             is_leaf=lambda x: isinstance(x, tuple))
   ok = True
-  for flag, leaf, leaf0, axes in zip(flags, leaves, leaves0, axes_of):
+  for flag, leaf, leaf0, axes in zip(flags, leaves, leaves0, axes_of,
+                                     strict=True):
     if flag:
       a = np.sort(vector_rows(np.asarray(leaf), axes), axis=0)
       b = np.sort(vector_rows(np.asarray(leaf0), axes), axis=0)

@@ -151,14 +151,14 @@ LAYOUTS: dict[str, Layout | None] = {
 }
 
 
-def vector_axes(layout: str, params: Params) -> Params | None:
-  """The ``vector_axes`` argument of a named layout (None: the defaults).
+def vector_axes(layout: str, params: Params) -> Params:
+  """The axes of every leaf's weight vectors under a named layout.
 
   Example:
     >>> import jax.numpy as jnp
-
-import laperm_jax
     >>> params = {'pos_embed': {'embedding': jnp.zeros((16, 8))}}
+    >>> vector_axes('default', params)
+    {'pos_embed': {'embedding': (1,)}}
     >>> vector_axes('pos_by_column', params)
     {'pos_embed': {'embedding': (0,)}}
   """
@@ -166,4 +166,5 @@ import laperm_jax
     raise ValueError(f'unknown layout {layout!r}; choose from '
                      f'{", ".join(LAYOUTS)}')
   chosen = LAYOUTS[layout]
-  return None if chosen is None else chosen(params)
+  return (laperm_jax.default_vector_axes(params) if chosen is None
+          else chosen(params))
