@@ -8,7 +8,8 @@ after the previous sync (or theta_0 at the first), and how many it has.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -22,10 +23,10 @@ def moved_by_leaf(previous: Params, current: Params,
 
   Example:
     >>> import numpy as np
-    >>> moved_by_leaf({'w': np.array([[1., 2.]]), 'b': np.zeros(2)},
-    ...               {'w': np.array([[2., 2.]]), 'b': np.ones(2)},
+    >>> moved_by_leaf({'w': np.array([[1., 2., 3.]]), 'b': np.zeros(2)},
+    ...               {'w': np.array([[2., 2., 3.]]), 'b': np.ones(2)},
     ...               {'w': True, 'b': False})
-    {'w': [1, 2]}
+    {'w': [1, 3]}
   """
   out = {}
   for (path, a), b, flag in zip(

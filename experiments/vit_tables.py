@@ -65,22 +65,35 @@ def ksweep(files: tables_lib.Files) -> str:
 
 
 def layouts(files: tables_lib.Files) -> str:
-  """Weight-vector layouts on the validation split."""
+  """Weight-vector layouts on the validation split.
+
+  The default layout's row is the k sweep's run at the preset's k: the same
+  configuration (validation split, seed, k), so it is not run twice.
+  """
   out = files.json('vit_fashion_layouts_val', 'layouts.json')
-  default = next(r for r in out['rows'] if r['layout'] == 'default')
+  k = out['config']['k']
+  swept = next(r for r in files.json('vit_fashion_ksweep_val',
+                                     'ksweep.json')['rows'] if r['k'] == k)
+  default = dict(layout='default', final_accuracy=swept['final_test_accuracy'],
+                 best_accuracy=swept['best_test_accuracy'],
+                 exact_permutation=swept['exact_permutation'])
   rows = [[f'`{r["layout"]}`', LAYOUT_LABEL[r['layout']],
            f'{tables_lib.pct(r["final_accuracy"])} '
            f'({tables_lib.pct(r["best_accuracy"])})',
            tables_lib.signed(100 * (r['final_accuracy'] -
                                     default['final_accuracy'])),
-           r['exact_permutation']] for r in out['rows']]
+           r['exact_permutation']] for r in [default] + out['rows']]
   return tables_lib.table(['layout', 'weight vectors', 'validation final '
                            '(best)', 'vs default', 'exact permutation'], rows)
 
 
+def _tracked() -> tuple[str, str]:
+  return 'vit_fashion_seed0', 'laperm'
+
+
 def sync_moves_by_kind(files: tables_lib.Files) -> str:
   """Fraction of each kind of layer's weights that a sync moves."""
-  records = files.json('vit_fashion_syncs_val', 'syncs.json')['records']
+  records = files.run(*_tracked())['sync_records']
   fractions = [sync_moves.fraction_by_kind(r['moved_by_leaf'], vit.layer_kind)
                for r in records]
   sizes: dict[str, int] = {}
@@ -88,28 +101,25 @@ def sync_moves_by_kind(files: tables_lib.Files) -> str:
     kind = vit.layer_kind(name)
     sizes[kind] = sizes.get(kind, 0) + size
   mean = lambda kind: sum(f[kind] for f in fractions) / len(fractions)
-  rows = [[KIND_LABEL[kind], f'{sizes[kind]:,}',
-           f'{100 * fractions[0][kind]:.1f}%', f'{100 * mean(kind):.1f}%',
-           f'{100 * fractions[-1][kind]:.1f}%'] for kind in KINDS]
-  return tables_lib.table(['layer kind', 'weights', 'moved at the first sync',
-                           'mean over syncs', 'at the last sync'], rows)
+  rows = [[KIND_LABEL[kind], f'{sizes[kind]:,}'] +
+          [f'{100 * f[kind]:.1f}%' for f in fractions] +
+          [f'{100 * mean(kind):.1f}%'] for kind in KINDS]
+  return tables_lib.table(
+      ['layer kind', 'weights'] + [f'moved at sync {r["step"]}'
+                                   for r in records] + ['mean'], rows)
 
 
 def sync_accuracy(files: tables_lib.Files) -> str:
-  """Validation accuracy just before and just after the syncs."""
-  s = files.json('vit_fashion_syncs_val', 'syncs.json')
-  records = s['records']
-  drops = [100 * (r['acc_after'] - r['acc_before']) for r in records]
-  return tables_lib.table(
-      ['syncs', 'k', 'mean accuracy before → after',
-       'syncs that helped', 'largest drop', 'final'],
-      [[s['n_syncs'], s['config']['k_steps'],
-        f'{tables_lib.pct(s["mean_acc_before"])} → '
-        f'{tables_lib.pct(s["mean_acc_after"])} '
-        f'({tables_lib.signed(s["mean_after_minus_before_pt"])} pt)',
-        f'{100 * s["fraction_syncs_after_better"]:.0f}%',
-        f'{tables_lib.signed(min(drops))} pt',
-        tables_lib.pct(s['final_test_accuracy'])]])
+  """Test accuracy just before and just after each sync."""
+  res = files.run(*_tracked())
+  rows = [[r['step'], tables_lib.pct(r['acc_before']),
+           tables_lib.pct(r['acc_after']),
+           tables_lib.signed(100 * (r['acc_after'] - r['acc_before'])),
+           f'{100 * r["changed_fraction"]:.1f}%']
+          for r in res['sync_records']]
+  return tables_lib.table(['sync at step', 'test accuracy before (%)',
+                           'after (%)', 'after − before (pt)',
+                           'weights moved'], rows)
 
 
 TABLES = {'vit_seeds': seeds, 'vit_ksweep': ksweep, 'vit_layouts': layouts,

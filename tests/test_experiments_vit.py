@@ -120,7 +120,8 @@ def test_tiny_vit_preset_trains_and_stays_a_permutation(tiny_run):
 
 def test_tiny_vit_sync_records_moves_per_reconnected_leaf(tiny_run):
   records = tiny_run.sync_records
-  assert len(records) == tiny_run.results['config']['total_steps'] // 5
+  config = tiny_run.results['config']
+  assert len(records) == config['total_steps'] // config['k_steps']
   reconnected = {name for name, flag in by_name(tiny_run.mask).items() if flag}
   for record in records:
     moved = record['moved_by_leaf']
