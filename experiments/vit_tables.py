@@ -34,90 +34,113 @@ def _acc(res: dict) -> str:
 
 
 def seeds(files: tables_lib.Files) -> str:
-  """LaPerm vs Adam per seed on the test set."""
+  """LaPerm (default and q/k/v-per-head layouts) vs Adam per seed, test set."""
   rows = []
   for seed in SEEDS:
     name = f'vit_fashion_seed{seed}'
     lap, adam = files.run(name, 'laperm'), files.run(name, 'adam')
+    per_head = files.run(f'vit_fashion_qkv_per_head_seed{seed}')
     cfg = lap['config']
-    rows.append([seed, f'{cfg["epochs"]:g}', cfg['k_steps'],
-                 f'{cfg["carry_residual"]:g}', _acc(lap), _acc(adam),
-                 tables_lib.signed(tables_lib.gap(lap, adam)),
-                 lap['exact_permutation'],
-                 f'`python -m experiments.train --preset cpu_vit_fashion '
-                 f'--seed {seed} --no-progress --out experiments/results/'
-                 f'{name}`'])
+    rows.append([seed, f'{cfg["epochs"]:g}', cfg['k_steps'], _acc(adam),
+                 _acc(lap), tables_lib.signed(tables_lib.gap(lap, adam)),
+                 _acc(per_head),
+                 tables_lib.signed(tables_lib.gap(per_head, adam)),
+                 lap['exact_permutation'] and per_head['exact_permutation']])
   return tables_lib.table(
-      ['seed', 'epochs', 'k', 'residual carry', 'LaPerm final (best)',
-       'Adam final (best)', 'LaPerm − Adam', 'exact permutation', 'command'],
-      rows)
+      ['seed', 'epochs', 'k', 'Adam final (best)',
+       'LaPerm, default layout: final (best)', 'LaPerm − Adam',
+       'LaPerm, q/k/v per head: final (best)', 'LaPerm − Adam',
+       'exact permutations'], rows)
 
 
 def ksweep(files: tables_lib.Files) -> str:
-  """The k sweep on the validation split."""
-  sweep = files.json('vit_fashion_ksweep_val', 'ksweep.json')['rows']
-  rows = [['Adam' if r['k'] == 'adam' else r['k'],
-           '—' if r['k'] == 'adam' else r['k_steps'], _acc(r),
-           r['exact_permutation'] if r['k'] != 'adam' else '—']
-          for r in sweep]
-  return tables_lib.table(['k', 'k (steps)', 'validation final (best)',
-                           'exact permutation'], rows)
+  """The k sweep on the validation split, without and with residual carry."""
+  rows = []
+  for folder, carry in (('vit_fashion_ksweep_val', '0 (paper)'),
+                        ('vit_fashion_ksweep_carry0.5_val', '0.5'),
+                        ('vit_fashion_ksweep_carry1.0_val', '1')):
+    for r in files.json(folder, 'ksweep.json')['rows']:
+      if r['k'] == 'adam':
+        if folder == 'vit_fashion_ksweep_val':
+          rows.append(['Adam', '—', '—', _acc(r), '—'])
+        continue
+      rows.append([r['k'], r['k_steps'], carry, _acc(r),
+                   r['exact_permutation']])
+  return tables_lib.table(['k', 'k (steps)', 'residual carry',
+                           'validation final (best)', 'exact permutation'],
+                          rows)
 
 
 def layouts(files: tables_lib.Files) -> str:
-  """Weight-vector layouts on the validation split.
+  """Weight-vector layouts on the validation split, without and with carry.
 
-  The default layout's row is the k sweep's run at the preset's k: the same
-  configuration (validation split, seed, k), so it is not run twice.
+  Without carry, the default layout's row is the k sweep's run at the
+  preset's k: the same configuration (validation split, seed, k), not run
+  twice.
   """
-  out = files.json('vit_fashion_layouts_val', 'layouts.json')
-  k = out['config']['k']
+  plain = files.json('vit_fashion_layouts_val', 'layouts.json')
+  k = plain['config']['k']
   swept = next(r for r in files.json('vit_fashion_ksweep_val',
                                      'ksweep.json')['rows'] if r['k'] == k)
-  default = dict(layout='default', final_accuracy=swept['final_test_accuracy'],
-                 best_accuracy=swept['best_test_accuracy'],
-                 exact_permutation=swept['exact_permutation'])
-  rows = [[f'`{r["layout"]}`', LAYOUT_LABEL[r['layout']],
-           f'{tables_lib.pct(r["final_accuracy"])} '
-           f'({tables_lib.pct(r["best_accuracy"])})',
-           tables_lib.signed(100 * (r['final_accuracy'] -
-                                    default['final_accuracy'])),
-           r['exact_permutation']] for r in [default] + out['rows']]
-  return tables_lib.table(['layout', 'weight vectors', 'validation final '
-                           '(best)', 'vs default', 'exact permutation'], rows)
+  by_layout = {'default': dict(final_accuracy=swept['final_test_accuracy'],
+                               best_accuracy=swept['best_test_accuracy'],
+                               exact_permutation=swept['exact_permutation'])}
+  by_layout.update({r['layout']: r for r in plain['rows']})
+  carried = {r['layout']: r for r in files.json(
+      'vit_fashion_layouts_carry0.5_val', 'layouts.json')['rows']}
+
+  def cell(rows, layout):
+    if layout not in rows:
+      return '—', '—'
+    r, base = rows[layout], rows['default']
+    return (f'{tables_lib.pct(r["final_accuracy"])} '
+            f'({tables_lib.pct(r["best_accuracy"])})',
+            tables_lib.signed(100 * (r['final_accuracy'] -
+                                     base['final_accuracy'])))
+  rows = []
+  for layout in vit.LAYOUTS:
+    exact = [r[layout]['exact_permutation'] for r in (by_layout, carried)
+             if layout in r]
+    rows.append([f'`{layout}`', LAYOUT_LABEL[layout],
+                 *cell(by_layout, layout), *cell(carried, layout), all(exact)])
+  return tables_lib.table(
+      ['layout', 'weight vectors', 'final (best), carry 0', 'vs default',
+       'final (best), carry 0.5', 'vs default', 'exact permutations'], rows)
 
 
-def _tracked() -> tuple[str, str]:
-  return 'vit_fashion_seed0', 'laperm'
+TRACKED = {'default': ('vit_fashion_seed0', 'laperm'),
+           'qkv_per_head': ('vit_fashion_qkv_per_head_seed0', None)}
 
 
 def sync_moves_by_kind(files: tables_lib.Files) -> str:
-  """Fraction of each kind of layer's weights that a sync moves."""
-  records = files.run(*_tracked())['sync_records']
-  fractions = [sync_moves.fraction_by_kind(r['moved_by_leaf'], vit.layer_kind)
-               for r in records]
-  sizes: dict[str, int] = {}
-  for name, (_, size) in records[0]['moved_by_leaf'].items():
-    kind = vit.layer_kind(name)
-    sizes[kind] = sizes.get(kind, 0) + size
-  mean = lambda kind: sum(f[kind] for f in fractions) / len(fractions)
-  rows = [[KIND_LABEL[kind], f'{sizes[kind]:,}'] +
-          [f'{100 * f[kind]:.1f}%' for f in fractions] +
-          [f'{100 * mean(kind):.1f}%'] for kind in KINDS]
-  return tables_lib.table(
-      ['layer kind', 'weights'] + [f'moved at sync {r["step"]}'
-                                   for r in records] + ['mean'], rows)
+  """Fraction of each kind of layer's weights that each sync moves (seed 0)."""
+  rows = []
+  for layout, (name, optimizer) in TRACKED.items():
+    records = files.run(name, optimizer)['sync_records']
+    fractions = [sync_moves.fraction_by_kind(r['moved_by_leaf'],
+                                             vit.layer_kind) for r in records]
+    sizes: dict[str, int] = {}
+    for leaf, (_, size) in records[0]['moved_by_leaf'].items():
+      kind = vit.layer_kind(leaf)
+      sizes[kind] = sizes.get(kind, 0) + size
+    rows += [[f'`{layout}`', KIND_LABEL[kind], f'{sizes[kind]:,}',
+              ' → '.join(f'{100 * f[kind]:.1f}%' for f in fractions)]
+             for kind in KINDS]
+  steps = ', '.join(str(r['step']) for r in records)
+  return tables_lib.table(['layout', 'layer kind', 'weights',
+                           f'moved at the syncs (steps {steps})'], rows)
 
 
 def sync_accuracy(files: tables_lib.Files) -> str:
-  """Test accuracy just before and just after each sync."""
-  res = files.run(*_tracked())
-  rows = [[r['step'], tables_lib.pct(r['acc_before']),
-           tables_lib.pct(r['acc_after']),
-           tables_lib.signed(100 * (r['acc_after'] - r['acc_before'])),
-           f'{100 * r["changed_fraction"]:.1f}%']
-          for r in res['sync_records']]
-  return tables_lib.table(['sync at step', 'test accuracy before (%)',
+  """Test accuracy just before and just after each sync (seed 0)."""
+  rows = []
+  for layout, (name, optimizer) in TRACKED.items():
+    rows += [[f'`{layout}`', r['step'], tables_lib.pct(r['acc_before']),
+              tables_lib.pct(r['acc_after']),
+              tables_lib.signed(100 * (r['acc_after'] - r['acc_before'])),
+              f'{100 * r["changed_fraction"]:.1f}%']
+             for r in files.run(name, optimizer)['sync_records']]
+  return tables_lib.table(['layout', 'sync at step', 'test accuracy before (%)',
                            'after (%)', 'after − before (pt)',
                            'weights moved'], rows)
 
