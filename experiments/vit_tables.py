@@ -16,7 +16,7 @@ KIND_LABEL = {'qkv': 'q/k/v kernels', 'attention_out': 'attention output',
               'mlp': 'MLP', 'patch_embed': 'patch embedding',
               'pos_embed': 'position embedding', 'head': 'classifier head'}
 LAYOUT_LABEL = {
-    'default': 'library defaults: q/k/v per output unit (fan-in, axis 0); '
+    'default': 'the library defaults: q/k/v per output unit (fan-in, axis 0); '
                'out per output unit (axes 0, 1); embedding by row',
     'qkv_per_head': 'q/k/v per head: (in, head_dim) slices, axes (0, 2)',
     'qkv_across_heads': 'q/k/v per head_dim unit across heads, axes (0, 1)',
@@ -33,24 +33,34 @@ def _acc(res: dict) -> str:
   return tables_lib.final_best(res)
 
 
+# The LaPerm configurations run on the test set: (label, folder prefix).
+LAPERM_RUNS = (
+    ('default layout (paper)', 'vit_fashion_seed'),
+    ('q/k/v per head', 'vit_fashion_qkv_per_head_seed'),
+    ('tuned: q/k/v across heads, carry 1', 'vit_fashion_tuned_seed'))
+
+
+def _laperm_run(files: tables_lib.Files, prefix: str, seed: int) -> dict:
+  if prefix == 'vit_fashion_seed':
+    return files.run(f'{prefix}{seed}', 'laperm')
+  return files.run(f'{prefix}{seed}')
+
+
 def seeds(files: tables_lib.Files) -> str:
-  """LaPerm (default and q/k/v-per-head layouts) vs Adam per seed, test set."""
+  """LaPerm configurations vs Adam per seed, on the test set."""
   rows = []
   for seed in SEEDS:
-    name = f'vit_fashion_seed{seed}'
-    lap, adam = files.run(name, 'laperm'), files.run(name, 'adam')
-    per_head = files.run(f'vit_fashion_qkv_per_head_seed{seed}')
-    cfg = lap['config']
-    rows.append([seed, f'{cfg["epochs"]:g}', cfg['k_steps'], _acc(adam),
-                 _acc(lap), tables_lib.signed(tables_lib.gap(lap, adam)),
-                 _acc(per_head),
-                 tables_lib.signed(tables_lib.gap(per_head, adam)),
-                 lap['exact_permutation'] and per_head['exact_permutation']])
-  return tables_lib.table(
-      ['seed', 'epochs', 'k', 'Adam final (best)',
-       'LaPerm, default layout: final (best)', 'LaPerm − Adam',
-       'LaPerm, q/k/v per head: final (best)', 'LaPerm − Adam',
-       'exact permutations'], rows)
+    adam = files.run(f'vit_fashion_seed{seed}', 'adam')
+    runs = [_laperm_run(files, prefix, seed) for _, prefix in LAPERM_RUNS]
+    cells = []
+    for run in runs:
+      cells += [_acc(run), tables_lib.signed(tables_lib.gap(run, adam))]
+    rows.append([seed, _acc(adam), *cells,
+                 all(run['exact_permutation'] for run in runs)])
+  header = ['seed', 'Adam final (best)']
+  for label, _ in LAPERM_RUNS:
+    header += [f'LaPerm, {label}: final (best)', '− Adam']
+  return tables_lib.table(header + ['exact permutations'], rows)
 
 
 def ksweep(files: tables_lib.Files) -> str:
@@ -71,45 +81,50 @@ def ksweep(files: tables_lib.Files) -> str:
                           rows)
 
 
-def layouts(files: tables_lib.Files) -> str:
-  """Weight-vector layouts on the validation split, without and with carry.
+LAYOUT_RUNS = (('vit_fashion_layouts_val', 'k 1 epoch, carry 0 (paper)'),
+               ('vit_fashion_layouts_carry0.5_val', 'k 1 epoch, carry 0.5'),
+               ('vit_fashion_layouts_carry1.0_val', 'k 1 epoch, carry 1'),
+               ('vit_fashion_layouts_carry1.0_k20_val', 'k 20, carry 1'))
 
-  Without carry, the default layout's row is the k sweep's run at the
-  preset's k: the same configuration (validation split, seed, k), not run
-  twice.
-  """
-  plain = files.json('vit_fashion_layouts_val', 'layouts.json')
-  k = plain['config']['k']
-  swept = next(r for r in files.json('vit_fashion_ksweep_val',
-                                     'ksweep.json')['rows'] if r['k'] == k)
-  by_layout = {'default': dict(final_accuracy=swept['final_test_accuracy'],
-                               best_accuracy=swept['best_test_accuracy'],
-                               exact_permutation=swept['exact_permutation'])}
-  by_layout.update({r['layout']: r for r in plain['rows']})
-  carried = {r['layout']: r for r in files.json(
-      'vit_fashion_layouts_carry0.5_val', 'layouts.json')['rows']}
+
+def _layout_rows(files: tables_lib.Files, folder: str) -> dict:
+  """{layout: row} of one layouts run; without carry, the default layout's
+  row is the k sweep's run at the same k (the same configuration)."""
+  out = files.json(folder, 'layouts.json')
+  rows = {r['layout']: r for r in out['rows']}
+  if 'default' not in rows:
+    k = out['config']['k']
+    swept = next(r for r in files.json('vit_fashion_ksweep_val',
+                                       'ksweep.json')['rows'] if r['k'] == k)
+    rows['default'] = dict(final_accuracy=swept['final_test_accuracy'],
+                           exact_permutation=swept['exact_permutation'])
+  return rows
+
+
+def layouts(files: tables_lib.Files) -> str:
+  """Validation final accuracy per weight-vector layout (and vs default)."""
+  runs = [_layout_rows(files, folder) for folder, _ in LAYOUT_RUNS]
 
   def cell(rows, layout):
     if layout not in rows:
-      return '—', '—'
-    r, base = rows[layout], rows['default']
-    return (f'{tables_lib.pct(r["final_accuracy"])} '
-            f'({tables_lib.pct(r["best_accuracy"])})',
-            tables_lib.signed(100 * (r['final_accuracy'] -
-                                     base['final_accuracy'])))
-  rows = []
+      return '—'
+    final, base = (rows[layout]['final_accuracy'],
+                   rows['default']['final_accuracy'])
+    return (f'{tables_lib.pct(final)} '
+            f'({tables_lib.signed(100 * (final - base))})')
+  table_rows = []
   for layout in vit.LAYOUTS:
-    exact = [r[layout]['exact_permutation'] for r in (by_layout, carried)
-             if layout in r]
-    rows.append([f'`{layout}`', LAYOUT_LABEL[layout],
-                 *cell(by_layout, layout), *cell(carried, layout), all(exact)])
+    exact = all(r[layout]['exact_permutation'] for r in runs if layout in r)
+    table_rows.append([f'`{layout}`', LAYOUT_LABEL[layout],
+                       *[cell(r, layout) for r in runs], exact])
   return tables_lib.table(
-      ['layout', 'weight vectors', 'final (best), carry 0', 'vs default',
-       'final (best), carry 0.5', 'vs default', 'exact permutations'], rows)
+      ['layout', 'weight vectors'] + [label for _, label in LAYOUT_RUNS] +
+      ['exact permutations'], table_rows)
 
 
 TRACKED = {'default': ('vit_fashion_seed0', 'laperm'),
-           'qkv_per_head': ('vit_fashion_qkv_per_head_seed0', None)}
+           'qkv_per_head': ('vit_fashion_qkv_per_head_seed0', None),
+           'tuned': ('vit_fashion_tuned_seed0', None)}
 
 
 def sync_moves_by_kind(files: tables_lib.Files) -> str:
