@@ -16,6 +16,7 @@ import numpy as np
 
 from experiments import checkpointing
 from experiments import protocol
+from experiments import sync_moves
 from experiments.pipeline import Pipeline
 from experiments.steps import Steps
 from experiments.steps import TrainCarry
@@ -145,7 +146,7 @@ class Loop:
                           (self.steps.compile_time_s - compile_before))
     self.step = point
     train_loss = float(np.concatenate(losses).mean()) if losses else None
-    carry = self.carry
+    carry, previous_exact = self.carry, self.exact_params
     self.history += protocol.evaluate_point(
         point, is_laperm=self.reconnects, is_sync=self.last_step_synced,
         evaluate_raw=lambda: self.steps.evaluate(carry.params,
@@ -153,11 +154,14 @@ class Loop:
         evaluate_synced=self._evaluate_synced,
         epoch=point / self.pipe.steps_per_epoch, train_loss=train_loss)
     if tracked:
-      self._record_sync(point, pre_sync)
+      self._record_sync(point, pre_sync, previous_exact)
 
-  def _record_sync(self, point: int, pre_sync: Any) -> None:
+  def _record_sync(self, point: int, pre_sync: Any,
+                   previous_exact: Any) -> None:
     """Accuracy just before and after the sync, and what it changed
-    (``laperm_jax.SyncChanges``, kept by ``laperm(track_changes=True)``)."""
+    (``laperm_jax.SyncChanges``, kept by ``laperm(track_changes=True)``;
+    per leaf, the weights moved since ``previous_exact``, the exact params
+    of the previous sync or theta_0)."""
     acc_before, _ = self.steps.evaluate(pre_sync, self.carry.batch_stats)
     changes = self.carry.opt_state.changes
     mask = jax.tree.leaves(self.mask)
@@ -168,4 +172,6 @@ class Loop:
         acc_after=self.history[-1]['test_accuracy'],
         changed_fraction=float(changes.changed_fraction),
         created=int(changes.created), removed=int(changes.removed),
-        nonzero=nonzero))
+        nonzero=nonzero,
+        moved_by_leaf=sync_moves.moved_by_leaf(previous_exact,
+                                               self.exact_params, self.mask)))

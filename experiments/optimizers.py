@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 import optax
 
 import laperm_jax
+from experiments import vit
 
 if TYPE_CHECKING:
   from experiments.config import RunConfig
@@ -96,7 +97,8 @@ def build_baseline(setup: OptimizerSetup) -> BuiltOptimizer:
 def build_laperm(setup: OptimizerSetup) -> BuiltOptimizer:
   """LaPerm wrapping the inner optimizer (``--optimizer laperm``).
 
-  Syncs every ``setup.sync_period`` steps on the leaves of ``setup.mask``;
+  Syncs every ``setup.sync_period`` steps on the leaves of ``setup.mask``,
+  with the weight vectors of ``--layout`` (``experiments.vit.LAYOUTS``);
   keeps ``laperm_jax.SyncChanges`` in its state with ``--track-syncs``.
 
   >>> import jax.numpy as jnp
@@ -113,7 +115,23 @@ def build_laperm(setup: OptimizerSetup) -> BuiltOptimizer:
       inner, setup.sync_period, mask=setup.mask,
       carry_residual=cfg.carry_residual,
       reset_inner_state=cfg.reset_inner_state,
-      track_changes=cfg.track_syncs))
+      track_changes=cfg.track_syncs,
+      vector_axes=layout_vector_axes(cfg.layout)))
+
+
+def layout_vector_axes(layout: str) -> Callable[[Any], Any] | None:
+  """``laperm(vector_axes=...)`` for ``--layout``: None for the library's.
+
+  >>> layout_vector_axes('default') is None
+  True
+  >>> import numpy as np
+  >>> params = {'pos_embed': {'embedding': np.zeros((16, 8))}}
+  >>> layout_vector_axes('pos_by_column')(params)
+  {'pos_embed': {'embedding': (0,)}}
+  """
+  if layout == 'default':
+    return None
+  return lambda params: vit.vector_axes(layout, params)
 
 
 OPTIMIZERS: dict[str, OptimizerEntry] = {

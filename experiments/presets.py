@@ -90,4 +90,12 @@ PRESETS: dict[str, dict] = {
     # Tiny, for smoke tests and the notebook's CPU check.
     'tiny_digits': dict(model='lenet300', dataset='digits', batch_size=32,
                         epochs=1, k='5'),
+    # A Vision Transformer (experiments/vit.py) on 10,000 Fashion-MNIST
+    # images, k from the validation sweep of RESULTS.md, and its tiny CI
+    # check on the 8x8 digits.
+    'cpu_vit_fashion': dict(model='vit', dataset='fashion_mnist',
+                            train_subset=10000, batch_size=100, epochs=3,
+                            k='1ep'),
+    'tiny_vit_digits': dict(model='vit_tiny', dataset='digits', batch_size=32,
+                            epochs=2, k='1ep', lr=3e-3),
 }
