@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
       prog='python -m experiments.train',
       description='Train a model with LaPerm(Adam) and/or the Adam baseline.')
   parser.add_argument('--optimizer', default='both',
-                      choices=('laperm', 'adam', 'both'))
+                      choices=training.OPTIMIZERS + ('both',))
   cli.add_run_args(parser)
   parser.add_argument('--out', default='runs/default',
                       help='output directory (results.json, PNG plots)')

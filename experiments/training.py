@@ -42,10 +42,11 @@ from experiments import checkpointing
 from experiments import data as data_lib
 from experiments import models as models_lib
 from experiments import protocol
+from experiments import sparse_baselines
 
 PREPROCESSING = ('scale', 'raw', 'mean')
 INITS = ('default', 'sparse', 'shared')
-OPTIMIZERS = ('laperm', 'adam')
+OPTIMIZERS = ('laperm', 'adam') + sparse_baselines.OPTIMIZERS
 DECAY_SCOPES = ('kernels', 'conv', 'hidden')
 INNERS = ('adam', 'sgd', 'momentum', 'lars')
 
@@ -66,7 +67,7 @@ class RunConfig:
   """
   model: str = _flag('lenet300', ', '.join(models_lib.MODELS))
   dataset: str = _flag('mnist5k', ', '.join(data_lib.DATASETS))
-  optimizer: str = _flag('laperm', 'laperm | adam', cli=False)
+  optimizer: str = _flag('laperm', ' | '.join(OPTIMIZERS), cli=False)
   k: str | int | None = _flag(
       '20', 'steps between syncs: an int, or "Nep" for N epochs')
   epochs: float = _flag(20.0, 'training epochs', type=float)
@@ -364,7 +365,13 @@ class Pipeline:
     if self.cfg.optimizer == 'laperm':
       return inner, laperm_jax.laperm(
           inner, self.k, mask=mask, carry_residual=self.cfg.carry_residual,
-          reset_inner_state=self.cfg.reset_inner_state)
+          reset_inner_state=self.cfg.reset_inner_state,
+          track_changes=self.cfg.init == 'sparse')
+    if self.cfg.optimizer in sparse_baselines.OPTIMIZERS:  # sparse baselines
+      return inner, sparse_baselines.from_name(
+          self.cfg.optimizer, inner, steps_per_epoch=self.steps_per_epoch,
+          total_steps=self.total_steps, seed=self.cfg.seed,
+          selected=models_lib.kernel_mask)
     return inner, inner
 
   # -- batches -------------------------------------------------------------
@@ -651,6 +658,10 @@ class _Loop:
         point, params, is_laperm=self.is_laperm, is_sync=is_sync,
         evaluate=lambda p: steps.evaluate(p, batch_stats), exact=exact,
         epoch=point / pipe.steps_per_epoch, train_loss=train_loss)
+    changes = getattr(self.carry[2], 'changes', None)
+    if is_sync and isinstance(changes, laperm_jax.SyncChanges):  # sparse init
+      self.history[-1].update(sync_created=int(changes.created),
+                              sync_removed=int(changes.removed))
     if tracked:
       acc_before, _ = steps.evaluate(pre_sync, batch_stats)
       frac, created, removed, nonzero = steps.sync_change(self.prev_exact,
@@ -732,6 +743,7 @@ def _result(cfg, pipe, steps, loop, params0, mask, mesh,
       versions=dict(jax=jax.__version__, optax=optax.__version__,
                     laperm_jax=getattr(laperm_jax, '__version__', None)),
       provenance=provenance.collect(),
+      **sparse_baselines.topology_counts(loop.carry[2]),
   )
   return RunResult(cfg, results, params0, final_params, to_host(batch_stats),
                    mask, steps.evaluate, loop.sync_records)
