@@ -329,9 +329,9 @@ def topology_counts(opt_state: Any) -> dict:
   """
   if not isinstance(opt_state, SparseTrainingState):
     return {}
-  return dict(topology_updates=int(opt_state.topology_updates),
-              connections_created=int(opt_state.created),
-              connections_removed=int(opt_state.removed))
+  return {'topology_updates': int(opt_state.topology_updates),
+          'connections_created': int(opt_state.created),
+          'connections_removed': int(opt_state.removed)}
 
 
 OPTIMIZERS = ('masked_adam', 'set', 'rigl')

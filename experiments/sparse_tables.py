@@ -112,7 +112,7 @@ def sparse_training_targets(files: RunFiles) -> str:
   dense = _runs(files, '', 'adam')
   rows = []
   for i, seed in enumerate(SEEDS):
-    final = lambda runs: runs[i]['final_test_accuracy']
+    final = lambda runs, i=i: runs[i]['final_test_accuracy']
     vs_dense = 100 * (final(best) - final(dense))
     vs_masked = 100 * (final(best) - final(others['masked_adam']))
     rows.append([str(seed), _pct(final(best)), _signed(vs_dense),
@@ -142,8 +142,8 @@ def sparse_training_val(files: RunFiles) -> str:
                    _pct(res['final_test_accuracy']),
                    _pct(res['best_test_accuracy']), connections(res)])
   return _table(['pruned', 'candidate', 'options',
-                 'validation acc., final', 'best', 'created / removed '
-                 'per sync'], rows)
+                 'validation acc., final', 'best',
+                 'created / removed per sync'], rows)
 
 
 TABLES = {'sparse_training': sparse_training,
