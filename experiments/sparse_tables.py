@@ -22,9 +22,9 @@ METHODS = (('laperm_paper', 'LaPerm (paper recipe)'),
            ('laperm_best', 'LaPerm (best preset)'),
            ('masked_adam', 'masked Adam'), ('set', 'SET'), ('rigl', 'RigL'))
 VAL_TAGS = {
-    'sparse70': ('paper', 'momentum_lr0.1_carry1', 'momentum_lr0.01_carry1',
-                 'momentum_lr0.03_carry1', 'adam_carry1'),
-    'sparse50': (),
+    'sparse70': ('paper', 'adam_carry1', 'momentum_lr0.01_carry1',
+                 'momentum_lr0.1_carry1', 'momentum_lr0.3_carry1'),
+    'sparse50': ('paper', 'momentum_lr0.1_carry1'),
 }
 MINUS = '\u2212'
 
