@@ -343,8 +343,9 @@ def from_name(name: str, inner: optax.GradientTransformation, *,
               ) -> optax.GradientTransformationExtraArgs:
   """The baseline ``--optimizer NAME`` of the experiments, around ``inner``.
 
-  ``masked_adam``: :func:`fixed_mask`; ``set``: zeta 0.3 once per epoch
-  (Mocanu et al. 2018, their MLP experiments); ``rigl``: the RigL paper's
+  ``masked_adam``: :func:`fixed_mask`; ``set``: zeta 0.3 at the end of
+  each epoch but the last, whose evaluation comes before any rewiring in
+  Mocanu et al. 2018 (their MLP experiments); ``rigl``: the RigL paper's
   defaults, zeta 0.3, every 100 steps, cosine to 0 at 75% of training.
 
   Example:
@@ -358,6 +359,7 @@ def from_name(name: str, inner: optax.GradientTransformation, *,
     return fixed_mask(inner, selected=selected)
   if name == 'set':
     return sparse_evolutionary_training(inner, steps_per_epoch, 0.3,
+                                        end_step=total_steps,
                                         selected=selected, seed=seed)
   if name == 'rigl':
     return rigl(inner, end_step=max(1, int(0.75 * total_steps)),
