@@ -27,6 +27,7 @@ VAL_TAGS = {
     'sparse50': ('paper', 'momentum_lr0.1_carry1'),
 }
 MINUS = '\u2212'
+NOT_RUN = 'not run'
 
 
 class RunFiles(Protocol):
@@ -49,15 +50,28 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
   return '\n'.join(lines + ['| ' + ' | '.join(row) + ' |' for row in rows])
 
 
-def _runs(files: RunFiles, folder: str, method: str) -> list[dict]:
+def _runs(files: RunFiles, folder: str, method: str) -> list[dict | None]:
+  """The results of each seed; None for a run not made."""
   name = ('dense/adam' if method == 'adam' else f'{folder}/{method}')
-  return [files.run(f'{ROOT}/{name}_seed{seed}') for seed in SEEDS]
+  out = []
+  for seed in SEEDS:
+    try:
+      out.append(files.run(f'{ROOT}/{name}_seed{seed}'))
+    except FileNotFoundError:
+      out.append(None)
+  return out
 
 
-def _per_seed(runs: list[dict], field: str) -> str:
-  values = [r[field] for r in runs]
-  return (' / '.join(_pct(v) for v in values) +
-          f' ({_pct(statistics.mean(values))})')
+def _per_seed(runs: list[dict | None], field: str) -> str:
+  values = [r[field] for r in runs if r is not None]
+  cells = [NOT_RUN if r is None else _pct(r[field]) for r in runs]
+  return ' / '.join(cells) + (f' ({_pct(statistics.mean(values))})'
+                              if values else '')
+
+
+def _mean(runs: list[dict | None], field: str) -> float | None:
+  values = [r[field] for r in runs if r is not None]
+  return statistics.mean(values) if values else None
 
 
 def connections(res: dict) -> str:
@@ -79,14 +93,15 @@ def connections(res: dict) -> str:
           f'{statistics.mean(h["sync_removed"] for h in syncs):,.0f}')
 
 
-def _row(sparsity: str, label: str, runs: list[dict]) -> list[str]:
-  zeros = statistics.mean(r['initial_zero_fraction_reconnected']
-                          for r in runs)
+def _row(sparsity: str, label: str, runs: list[dict | None]) -> list[str]:
+  if not any(runs):
+    return [sparsity, label] + [NOT_RUN] * 5
+  zeros = _mean(runs, 'initial_zero_fraction_reconnected')
+  best = _mean(runs, 'best_test_accuracy')
   return [sparsity, label, f'{100 * zeros:.1f}%',
-          _per_seed(runs, 'final_test_accuracy'),
-          _per_seed(runs, 'best_test_accuracy'),
-          ' · '.join(connections(r) for r in runs),
-          f'{statistics.mean(r["wall_time_s"] for r in runs):.0f}']
+          _per_seed(runs, 'final_test_accuracy'), _pct(best),
+          ' · '.join(NOT_RUN if r is None else connections(r) for r in runs),
+          f'{_mean(runs, "wall_time_s"):.0f}']
 
 
 def sparse_training(files: RunFiles) -> str:
@@ -95,8 +110,7 @@ def sparse_training(files: RunFiles) -> str:
   for folder, sparsity in SPARSITIES:
     rows += [_row(sparsity, label, _runs(files, folder, method))
              for method, label in METHODS]
-  rows.append(['0%', 'dense Adam', '0.0%'] +
-              _row('', '', _runs(files, '', 'adam'))[3:])
+  rows.append(_row('0%', 'dense Adam', _runs(files, '', 'adam')))
   return _table(['pruned', 'method', 'zeros at init',
                  'final test acc., seed 0 / 1 / 2 (mean)',
                  'best test acc. (mean)',
@@ -112,6 +126,9 @@ def sparse_training_targets(files: RunFiles) -> str:
   dense = _runs(files, '', 'adam')
   rows = []
   for i, seed in enumerate(SEEDS):
+    if any(runs[i] is None for runs in [best, dense, *others.values()]):
+      rows.append([str(seed)] + [NOT_RUN] * 7)
+      continue
     final = lambda runs, i=i: runs[i]['final_test_accuracy']
     vs_dense = 100 * (final(best) - final(dense))
     vs_masked = 100 * (final(best) - final(others['masked_adam']))
