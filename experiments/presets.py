@@ -92,6 +92,9 @@ PRESETS: dict[str, dict] = {
     'cpu_lenet300_fashion_sparse70_best': dict(
         _LENET300_FASHION, init='sparse', density=[0.3],
         first_layer_min_density=0.0, **_SPARSE_BEST),
+    'cpu_lenet300_fashion_sparse50_best': dict(
+        _LENET300_FASHION, init='sparse', density=[0.5],
+        first_layer_min_density=0.0, **_SPARSE_BEST),
     # The paper's Conv7 configuration on Fashion-MNIST, for a GPU
     # (benchmarks/gpu.py runs it beside Adam).
     'gpu_conv7_fashion': dict(_CONV7, dataset='fashion_mnist', epochs=45,
