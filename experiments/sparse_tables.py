@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 ROOT = 'sparse_training_lenet300_fashion'
 SEEDS = (0, 1, 2)
-SPARSITIES = (('sparse50', '50%'), ('sparse70', '70%'))
+SPARSITIES = (('sparse70', '70%'), ('sparse50', '50%'))
 METHODS = (('laperm_paper', 'LaPerm (paper recipe)'),
            ('laperm_best', 'LaPerm (best preset)'),
            ('masked_adam', 'masked Adam'), ('set', 'SET'), ('rigl', 'RigL'))

@@ -19,6 +19,7 @@ import re
 import sys
 
 from experiments import presets
+from experiments import sparse_tables
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS_DIR = os.path.join(HERE, 'results')
@@ -345,6 +346,7 @@ def summary(files: Files) -> str:
 TABLES = {'summary': summary, 'dense': dense, 'sparse': sparse,
           'shared': shared, 'ksweep': ksweep, 'ksweep_f1': ksweep_f1,
           'syncs': syncs, 'transplant': transplant, 'profiles': profiles}
+TABLES.update(sparse_tables.TABLES)  # sparse LaPerm vs sparse training
 
 _BLOCK = re.compile(r'(<!-- table: (\w+) -->\n)(.*?)(\n<!-- /table -->)', re.S)
 
