@@ -199,3 +199,30 @@ def test_each_baseline_trains_through_the_cli(name, tmp_path):
   # steps: never here.
   assert res['topology_updates'] == {'set': 2}.get(name, 0)
   assert res['initial_zero_fraction_reconnected'] > 0.6
+
+
+def test_sparse_laperm_records_the_connections_of_each_evaluated_sync(
+    monkeypatch):
+  pytest.importorskip('mlxtend', reason='needs the experiments extra')
+  import laperm_jax  # pylint: disable=import-outside-toplevel
+  from experiments import training  # pylint: disable=import-outside-toplevel
+  cfg = training.RunConfig(
+      dataset='digits', batch_size=32, train_subset=320, test_subset=100,
+      epochs=1, k='5', init='sparse', density=0.3,
+      first_layer_min_density=0.0, track_syncs=True)
+  tracked = training.run(cfg, progress=False)
+  recorded = [(h['step'], h['sync_created'], h['sync_removed'])
+              for h in tracked.results['history'] if 'sync_created' in h]
+  # The harness's own count, from the exact weights of consecutive syncs.
+  independent = [(r['step'], r['created'], r['removed'])
+                 for r in tracked.sync_records]
+  assert recorded == independent and any(c for _, c, _ in recorded)
+  # Counting changes no weight.
+  plain_laperm = laperm_jax.laperm
+  monkeypatch.setattr(laperm_jax, 'laperm', lambda *a, **kw: plain_laperm(
+      *a, **dict(kw, track_changes=False)))
+  untracked = training.run(cfg, progress=False)
+  assert not any('sync_created' in h for h in untracked.results['history'])
+  for a, b in zip(jax.tree.leaves(tracked.params_final),
+                  jax.tree.leaves(untracked.params_final)):
+    np.testing.assert_array_equal(a, b)
