@@ -4,7 +4,8 @@ Registered in ``experiments.tables`` (``TABLES``), which rewrites and checks
 them like the others. Every number comes from a results.json under
 ``experiments/results/sparse_training_lenet300_fashion/``:
 
-* ``sparse70/``, ``sparse50/``: ``METHOD_seedS`` for each method below;
+* ``sparse70/``, ``sparse50/``: ``METHOD_seedS`` for each method below
+  (``laperm_momentum_k10``: 70% only);
 * ``dense/adam_seedS``: dense Adam, the reference of both sparsities;
 * ``val/sparse70__TAG``, ``val/sparse50__TAG``: the validation runs that
   chose the ``*_best`` presets.
@@ -19,13 +20,19 @@ ROOT = 'sparse_training_lenet300_fashion'
 SEEDS = (0, 1, 2)
 SPARSITIES = (('sparse70', '70%'), ('sparse50', '50%'))
 METHODS = (('laperm_paper', 'LaPerm (paper recipe)'),
+           ('laperm_momentum_k10', 'LaPerm (momentum lr 0.1, carry 1, k 10)'),
            ('laperm_best', 'LaPerm (best preset)'),
            ('masked_adam', 'masked Adam'), ('set', 'SET'), ('rigl', 'RigL'))
 VAL_TAGS = {
     'sparse70': ('paper', 'adam_carry1', 'momentum_lr0.01_carry1',
-                 'momentum_lr0.1_carry1', 'momentum_lr0.3_carry1'),
+                 'momentum_lr0.1_carry1', 'momentum_lr0.3_carry1',
+                 'momentum_lr0.1_carry1_reset', 'momentum_lr0.1_carry1_k5',
+                 'momentum_lr0.1_carry1_k2', 'momentum_lr0.1_carry1_k1'),
     'sparse50': ('paper', 'momentum_lr0.1_carry1'),
 }
+# The 50% best preset is the k 10 momentum recipe: no separate row there.
+METHODS_AT = {'sparse50': tuple(m for m, _ in METHODS
+                                if m != 'laperm_momentum_k10')}
 MINUS = '\u2212'
 NOT_RUN = 'not run'
 
@@ -109,7 +116,8 @@ def sparse_training(files: RunFiles) -> str:
   rows = []
   for folder, sparsity in SPARSITIES:
     rows += [_row(sparsity, label, _runs(files, folder, method))
-             for method, label in METHODS]
+             for method, label in METHODS
+             if method in METHODS_AT.get(folder, (method,))]
   rows.append(_row('0%', 'dense Adam', _runs(files, '', 'adam')))
   return _table(['pruned', 'method', 'zeros at init',
                  'final test acc., seed 0 / 1 / 2 (mean)',
