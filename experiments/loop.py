@@ -20,6 +20,7 @@ from experiments import sync_moves
 from experiments.pipeline import Pipeline
 from experiments.steps import Steps
 from experiments.steps import TrainCarry
+import laperm_jax
 
 
 class Loop:
@@ -153,8 +154,18 @@ class Loop:
                                                  carry.batch_stats),
         evaluate_synced=self._evaluate_synced,
         epoch=point / self.pipe.steps_per_epoch, train_loss=train_loss)
+    if self.cfg.init == 'sparse' and self.last_step_synced:
+      self._record_connections()
     if tracked:
       self._record_sync(point, pre_sync, previous_exact)
+
+  def _record_connections(self) -> None:
+    """The connections the sync just evaluated created and removed, in its
+    history entry (sparse LaPerm, from ``laperm_jax.SyncChanges``)."""
+    changes = getattr(self.carry.opt_state, 'changes', None)
+    if isinstance(changes, laperm_jax.SyncChanges):
+      self.history[-1].update(sync_created=int(changes.created),
+                              sync_removed=int(changes.removed))
 
   def _record_sync(self, point: int, pre_sync: Any,
                    previous_exact: Any) -> None:

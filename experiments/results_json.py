@@ -17,6 +17,7 @@ import optax
 import laperm_jax
 from experiments import models as models_lib
 from experiments import protocol
+from experiments import sparse_baselines
 from experiments import vit
 from experiments.loop import Loop
 from experiments.pipeline import Pipeline
@@ -194,4 +195,5 @@ def assemble(loop: Loop, params0: Any, final_params: Any, mask: Any,
       versions=dict(jax=jax.__version__, optax=optax.__version__,
                     laperm_jax=getattr(laperm_jax, '__version__', None)),
       provenance=provenance.collect(),
+      **sparse_baselines.topology_counts(loop.carry.opt_state),
   )

@@ -19,6 +19,7 @@ import re
 import sys
 
 from experiments import presets
+from experiments import sparse_tables
 from experiments import vit_tables
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -351,6 +352,7 @@ TABLES = {'summary': summary, 'dense': dense, 'sparse': sparse,
 TABLES.update({name: (lambda files, name=name: vit_tables.TABLES[name](files))
                for name in ('vit_seeds', 'vit_ksweep', 'vit_layouts',
                             'vit_sync_moves', 'vit_sync_accuracy')})
+TABLES.update(sparse_tables.TABLES)  # sparse LaPerm vs sparse training
 
 _BLOCK = re.compile(r'(<!-- table: (\w+) -->\n)(.*?)(\n<!-- /table -->)', re.S)
 
