@@ -70,6 +70,9 @@ class Loop:
     self.train_time_s = meta['train_time']
     self.initial_accuracy = meta['initial_accuracy']
     self.pending = meta['pending_losses']
+    if self.reconnects:  # the reference of the next sync's moved weights
+      self.exact_params = laperm_jax.exact_params(self.carry.opt_state,
+                                                  self.carry.params)
 
   def _evaluate_synced(self) -> tuple[float, float]:
     """Accuracy and loss of the exact pool values (raw params for Adam)."""
