@@ -1,5 +1,6 @@
 """Fixed-mask, SET and RigL against a NumPy reference of their rules."""
 
+import dataclasses
 import json
 import math
 
@@ -213,16 +214,17 @@ def test_sparse_laperm_records_the_connections_of_each_evaluated_sync(
   tracked = training.run(cfg, progress=False)
   recorded = [(h['step'], h['sync_created'], h['sync_removed'])
               for h in tracked.results['history'] if 'sync_created' in h]
-  # The harness's own count, from the exact weights of consecutive syncs.
-  independent = [(r['step'], r['created'], r['removed'])
-                 for r in tracked.sync_records]
-  assert recorded == independent and any(c for _, c, _ in recorded)
-  # Counting changes no weight.
+  # The sync records of --track-syncs: one per sync, each evaluated.
+  per_sync = [(r['step'], r['created'], r['removed'])
+              for r in tracked.sync_records]
+  assert recorded == per_sync and any(c for _, c, _ in recorded)
+  # Counting changes no weight: a run that neither tracks syncs nor counts.
   plain_laperm = laperm_jax.laperm
   monkeypatch.setattr(laperm_jax, 'laperm', lambda *a, **kw: plain_laperm(
       *a, **dict(kw, track_changes=False)))
-  untracked = training.run(cfg, progress=False)
+  untracked = training.run(dataclasses.replace(cfg, track_syncs=False),
+                           progress=False)
   assert not any('sync_created' in h for h in untracked.results['history'])
   for a, b in zip(jax.tree.leaves(tracked.params_final),
-                  jax.tree.leaves(untracked.params_final)):
+                  jax.tree.leaves(untracked.params_final), strict=True):
     np.testing.assert_array_equal(a, b)
