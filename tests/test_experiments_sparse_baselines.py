@@ -218,6 +218,12 @@ def test_sparse_laperm_records_the_connections_of_each_evaluated_sync(
   per_sync = [(r['step'], r['created'], r['removed'])
               for r in tracked.sync_records]
   assert recorded == per_sync and any(c for _, c, _ in recorded)
+  # Without --track-syncs, sparse LaPerm still counts at its evaluations.
+  evaluated = training.run(dataclasses.replace(cfg, track_syncs=False),
+                           progress=False)
+  counted = [(h['step'], h['sync_created'], h['sync_removed'])
+             for h in evaluated.results['history'] if 'sync_created' in h]
+  assert counted and set(counted) <= set(recorded)
   # Counting changes no weight: a run that neither tracks syncs nor counts.
   plain_laperm = laperm_jax.laperm
   monkeypatch.setattr(laperm_jax, 'laperm', lambda *a, **kw: plain_laperm(
