@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import optax
 
-import laperm_jax
 from experiments import models as models_lib
 from experiments import sparse_baselines
 from experiments import vit
+import laperm_jax
 
 if TYPE_CHECKING:
   from experiments.config import RunConfig

@@ -205,8 +205,8 @@ def test_each_baseline_trains_through_the_cli(name, tmp_path):
 def test_sparse_laperm_records_the_connections_of_each_evaluated_sync(
     monkeypatch):
   pytest.importorskip('mlxtend', reason='needs the experiments extra')
-  import laperm_jax  # pylint: disable=import-outside-toplevel
   from experiments import training  # pylint: disable=import-outside-toplevel
+  import laperm_jax  # pylint: disable=import-outside-toplevel
   cfg = training.RunConfig(
       dataset='digits', batch_size=32, train_subset=320, test_subset=100,
       epochs=1, k='5', init='sparse', density=0.3,
