@@ -17,6 +17,7 @@ from experiments import augment as augment_lib
 from experiments import data as data_lib
 from experiments import models as models_lib
 from experiments import optimizers
+from experiments import vit
 
 PREPROCESSING = ('scale', 'raw', 'mean')
 INITS = ('default', 'sparse', 'shared')
@@ -114,6 +115,9 @@ class RunConfig:
       'adam', "inner optimizer: adam (paper) | sgd | momentum (SGD, 0.9) | "
       "lars (momentum 0.9, each leaf's step scaled to lr*|params|/|grads|); "
       '--lr is its learning rate', choices=INNERS)
+  layout: str = _flag(
+      'default', 'weight-vector layout passed as vector_axes (experiments.vit.'
+      'LAYOUTS; default: the library\'s)', choices=tuple(vit.LAYOUTS))
   scan: str = _flag(
       'auto', 'lax.scan over the steps between evaluations (auto: not for '
       'conv models on CPU, where XLA runs convs ~20x slower inside a loop; '

@@ -16,9 +16,11 @@ import numpy as np
 
 from experiments import checkpointing
 from experiments import protocol
+from experiments import sync_moves
 from experiments.pipeline import Pipeline
 from experiments.steps import Steps
 from experiments.steps import TrainCarry
+import laperm_jax
 
 
 class Loop:
@@ -68,6 +70,9 @@ class Loop:
     self.train_time_s = meta['train_time']
     self.initial_accuracy = meta['initial_accuracy']
     self.pending = meta['pending_losses']
+    if self.reconnects:  # the reference of the next sync's moved weights
+      self.exact_params = laperm_jax.exact_params(self.carry.opt_state,
+                                                  self.carry.params)
 
   def _evaluate_synced(self) -> tuple[float, float]:
     """Accuracy and loss of the exact pool values (raw params for Adam)."""
@@ -145,19 +150,32 @@ class Loop:
                           (self.steps.compile_time_s - compile_before))
     self.step = point
     train_loss = float(np.concatenate(losses).mean()) if losses else None
-    carry = self.carry
+    carry, previous_exact = self.carry, self.exact_params
     self.history += protocol.evaluate_point(
         point, is_laperm=self.reconnects, is_sync=self.last_step_synced,
         evaluate_raw=lambda: self.steps.evaluate(carry.params,
                                                  carry.batch_stats),
         evaluate_synced=self._evaluate_synced,
         epoch=point / self.pipe.steps_per_epoch, train_loss=train_loss)
+    if self.cfg.init == 'sparse' and self.last_step_synced:
+      self._record_connections()
     if tracked:
-      self._record_sync(point, pre_sync)
+      self._record_sync(point, pre_sync, previous_exact)
 
-  def _record_sync(self, point: int, pre_sync: Any) -> None:
+  def _record_connections(self) -> None:
+    """The connections the sync just evaluated created and removed, in its
+    history entry (sparse LaPerm, from ``laperm_jax.SyncChanges``)."""
+    changes = getattr(self.carry.opt_state, 'changes', None)
+    if isinstance(changes, laperm_jax.SyncChanges):
+      self.history[-1].update(sync_created=int(changes.created),
+                              sync_removed=int(changes.removed))
+
+  def _record_sync(self, point: int, pre_sync: Any,
+                   previous_exact: Any) -> None:
     """Accuracy just before and after the sync, and what it changed
-    (``laperm_jax.SyncChanges``, kept by ``laperm(track_changes=True)``)."""
+    (``laperm_jax.SyncChanges``, kept by ``laperm(track_changes=True)``;
+    per leaf, the weights moved since ``previous_exact``, the exact params
+    of the previous sync or theta_0)."""
     acc_before, _ = self.steps.evaluate(pre_sync, self.carry.batch_stats)
     changes = self.carry.opt_state.changes
     mask = jax.tree.leaves(self.mask)
@@ -168,4 +186,6 @@ class Loop:
         acc_after=self.history[-1]['test_accuracy'],
         changed_fraction=float(changes.changed_fraction),
         created=int(changes.created), removed=int(changes.removed),
-        nonzero=nonzero))
+        nonzero=nonzero,
+        moved_by_leaf=sync_moves.moved_by_leaf(previous_exact,
+                                               self.exact_params, self.mask)))

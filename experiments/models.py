@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from experiments import vit
+
 he_uniform = nn.initializers.variance_scaling(2.0, 'fan_in', 'uniform')
 zeros = nn.initializers.zeros
 
@@ -177,6 +179,10 @@ MODELS = {
                         'CIFAR Conv13 (VGG16 conv stack), 14.99M params'),
     'resnet50': ModelSpec(lambda c: ResNetV1(8, c), 'conv01', False, 8,
                           'CIFAR ResNet v1 n=8 (depth 50), 0.76M params'),
+    'vit': ModelSpec(lambda c: vit.ViT(7, 32, 2, 4, 64, c), 'patch_embed',
+                     False, 28, 'ViT: 7x7 patches, width 32, depth 2, 4 heads'),
+    'vit_tiny': ModelSpec(lambda c: vit.ViT(4, 16, 1, 2, 32, c), 'patch_embed',
+                          False, 8, 'ViT: 4x4 patches, width 16, depth 1'),
 }
 
 
@@ -189,6 +195,8 @@ def reconnect_mask(params, permute_biases: bool):
   def flag(path, leaf):
     if is_batch_norm_path(path):
       return False
+    if getattr(path[-1], 'key', '') == 'bias':  # attention biases are 2-D
+      return bool(permute_biases)
     if jnp.ndim(leaf) >= 2:
       return True
     return bool(permute_biases and getattr(path[-1], 'key', '') == 'bias')

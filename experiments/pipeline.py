@@ -24,7 +24,7 @@ def check_choices(cfg: RunConfig) -> None:
   >>> check_choices(RunConfig(optimizer='rmsprop'))
   Traceback (most recent call last):
   ...
-  ValueError: unknown optimizer 'rmsprop'; choose from ('laperm', 'adam')
+  ValueError: unknown optimizer 'rmsprop'; choose from ('laperm', 'adam', ...)
   """
   if cfg.model not in models_lib.MODELS:
     raise ValueError(f'unknown model {cfg.model!r}')
@@ -125,7 +125,7 @@ class Pipeline:
     """The run's optimizer, from the registry (``--optimizer``)."""
     setup = optimizers.OptimizerSetup(
         self.cfg, config_lib.make_schedule(self.cfg, self.steps_per_epoch),
-        self.k, params, mask)
+        self.k, params, mask, self.steps_per_epoch, self.total_steps)
     return self.optimizer.build(setup)
 
   def batch_indices(self, start: int, stop: int) -> np.ndarray:

@@ -37,6 +37,10 @@ _F2 = dict(model='f2', batch_size=128, lr=1e-3, lr_schedule='exp:0.95',
 _F1_BEST = dict(inner='momentum', lr=0.1, k='10', carry_residual=1.0)
 _F2_BEST = dict(inner='lars', lr=0.1, k='10', carry_residual=0.9)
 
+_LENET300_FASHION = dict(model='lenet300', dataset='fashion_mnist',
+                         batch_size=100, epochs=10, k='10')
+_SPARSE_BEST = dict(inner='momentum', lr=0.1, k='10', carry_residual=1.0)
+
 PRESETS: dict[str, dict] = {
     # --- the published configurations (for Colab TPU / GPU) ---------------
     'paper_conv7_mnist': dict(_CONV7, dataset='mnist', epochs=45, k='1200'),
@@ -83,6 +87,16 @@ PRESETS: dict[str, dict] = {
     'cpu_f2_fashion_best': dict(_F2, dataset='fashion_mnist', epochs=25,
                                 **dict(_F2_BEST, lr=0.01, k='250',
                                        carry_residual=0.5)),
+    # Sparse LaPerm, the recipes chosen on the validation split (RESULTS.md,
+    # "Sparse LaPerm as dynamic sparse training"): momentum SGD inside, lr
+    # 0.1, the whole residual carried; k 2 at 70% sparsity, k 10 at 50%
+    # (where smaller k was not tried).
+    'cpu_lenet300_fashion_sparse70_best': dict(
+        _LENET300_FASHION, init='sparse', density=[0.3],
+        first_layer_min_density=0.0, **dict(_SPARSE_BEST, k='2')),
+    'cpu_lenet300_fashion_sparse50_best': dict(
+        _LENET300_FASHION, init='sparse', density=[0.5],
+        first_layer_min_density=0.0, **_SPARSE_BEST),
     # The paper's Conv7 configuration on Fashion-MNIST, for a GPU
     # (benchmarks/gpu.py runs it beside Adam).
     'gpu_conv7_fashion': dict(_CONV7, dataset='fashion_mnist', epochs=45,
@@ -90,4 +104,12 @@ PRESETS: dict[str, dict] = {
     # Tiny, for smoke tests and the notebook's CPU check.
     'tiny_digits': dict(model='lenet300', dataset='digits', batch_size=32,
                         epochs=1, k='5'),
+    # A Vision Transformer (experiments/vit.py) on 10,000 Fashion-MNIST
+    # images, k from the validation sweep of RESULTS.md, and its tiny CI
+    # check on the 8x8 digits.
+    'cpu_vit_fashion': dict(model='vit', dataset='fashion_mnist',
+                            train_subset=10000, batch_size=100, epochs=3,
+                            k='1ep'),
+    'tiny_vit_digits': dict(model='vit_tiny', dataset='digits', batch_size=32,
+                            epochs=2, k='1ep', lr=3e-3),
 }

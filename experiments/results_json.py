@@ -16,34 +16,52 @@ import optax
 
 from experiments import models as models_lib
 from experiments import protocol
+from experiments import sparse_baselines
+from experiments import vit
 from experiments.loop import Loop
 from experiments.pipeline import Pipeline
 import laperm_jax
 
 
-def vector_rows(leaf: np.ndarray) -> np.ndarray:
-  """(vector length, number of vectors): every axis but the last is a vector.
+def vector_rows(leaf: np.ndarray,
+                axes: tuple[int, ...] | None = None) -> np.ndarray:
+  """(vector length, number of vectors): ``axes`` form one vector.
+
+  ``axes`` defaults to every axis but the last; a 1-D leaf is one vector.
 
   >>> vector_rows(np.zeros((3, 4, 5))).shape, vector_rows(np.zeros(7)).shape
   ((12, 5), (7, 1))
+  >>> vector_rows(np.zeros((3, 4, 5)), (1,)).shape
+  (4, 15)
   """
-  return leaf.reshape(-1, leaf.shape[-1]) if leaf.ndim >= 2 else leaf[:, None]
+  if axes is None:
+    axes = tuple(range(max(1, leaf.ndim - 1)))
+  rest = [a for a in range(leaf.ndim) if a not in axes]
+  moved = np.transpose(leaf, list(axes) + rest)
+  return moved.reshape(int(np.prod([leaf.shape[a] for a in axes])), -1)
 
 
-def exact_permutation_check(params: Any, params0: Any, mask: Any) -> bool:
-  """Whether every masked leaf, per vector, sorts to theta_0 (NumPy).
+def exact_permutation_check(params: Any, params0: Any, mask: Any,
+                            layout: str = 'default') -> bool:
+  """Whether every masked leaf, per vector of ``layout``, sorts to theta_0.
+
+  ``layout``: a name of ``experiments.vit.LAYOUTS`` (the run's
+  ``--layout``); the check is NumPy on the host.
 
   >>> exact_permutation_check({'w': np.array([[2.], [1.]])},
   ...                         {'w': np.array([[1.], [2.]])}, {'w': True})
   True
   """
   flags = jax.tree.leaves(mask)
+  axes_of = jax.tree.leaves(vit.vector_axes(layout, params0),
+                            is_leaf=lambda x: isinstance(x, tuple))
   ok = True
-  for flag, leaf, leaf0 in zip(flags, jax.tree.leaves(params),
-                               jax.tree.leaves(params0)):
+  for flag, leaf, leaf0, axes in zip(flags, jax.tree.leaves(params),
+                                     jax.tree.leaves(params0), axes_of,
+                                     strict=True):
     if flag:
-      a = np.sort(vector_rows(np.asarray(leaf)), axis=0)
-      b = np.sort(vector_rows(np.asarray(leaf0)), axis=0)
+      a = np.sort(vector_rows(np.asarray(leaf), axes), axis=0)
+      b = np.sort(vector_rows(np.asarray(leaf0), axes), axis=0)
       ok &= bool(np.array_equal(a, b))
   return ok if any(flags) else False
 
@@ -163,7 +181,8 @@ def assemble(loop: Loop, params0: Any, final_params: Any, mask: Any,
       best_test_accuracy=best['test_accuracy'],
       best_step=best['step'],
       best_selection=protocol.best_selection_note(reconnects),
-      exact_permutation=exact_permutation_check(final_params, params0, mask),
+      exact_permutation=exact_permutation_check(final_params, params0, mask,
+                                                loop.cfg.layout),
       **checks,
       history=history,
       sync_records=loop.sync_records,
@@ -176,4 +195,5 @@ def assemble(loop: Loop, params0: Any, final_params: Any, mask: Any,
       versions=dict(jax=jax.__version__, optax=optax.__version__,
                     laperm_jax=getattr(laperm_jax, '__version__', None)),
       provenance=provenance.collect(),
+      **sparse_baselines.topology_counts(loop.carry.opt_state),
   )

@@ -19,6 +19,8 @@ import re
 import sys
 
 from experiments import presets
+from experiments import sparse_tables
+from experiments import vit_tables
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS_DIR = os.path.join(HERE, 'results')
@@ -345,6 +347,12 @@ def summary(files: Files) -> str:
 TABLES = {'summary': summary, 'dense': dense, 'sparse': sparse,
           'shared': shared, 'ksweep': ksweep, 'ksweep_f1': ksweep_f1,
           'syncs': syncs, 'transplant': transplant, 'profiles': profiles}
+# The Vision Transformer section: one line per table of experiments/vit_tables.py
+# (called late: the two modules import each other).
+TABLES.update({name: (lambda files, name=name: vit_tables.TABLES[name](files))
+               for name in ('vit_seeds', 'vit_ksweep', 'vit_layouts',
+                            'vit_sync_moves', 'vit_sync_accuracy')})
+TABLES.update(sparse_tables.TABLES)  # sparse LaPerm vs sparse training
 
 _BLOCK = re.compile(r'(<!-- table: (\w+) -->\n)(.*?)(\n<!-- /table -->)', re.DOTALL)
 
