@@ -16,7 +16,6 @@ from experiments import train  # pylint: disable=wrong-import-position
 from experiments import training  # pylint: disable=wrong-import-position
 from experiments import vit  # pylint: disable=wrong-import-position
 from experiments import vit_layouts  # pylint: disable=wrong-import-position
-
 import laperm_jax  # pylint: disable=wrong-import-position
 
 
