@@ -1,5 +1,55 @@
-"""The suite never writes to the user's compilation cache (nor reads it)."""
+"""Suite-wide settings: no user compilation cache, and how xdist shares work.
+
+The suite never writes to the user's compilation cache (nor reads it).
+
+Some modules run one expensive module fixture (a subprocess launch, a
+training run) that all their tests read. pytest-xdist must send such a module
+to a single worker, or each worker that gets one of its tests runs the
+fixture again. The scheduler below keeps those modules whole and spreads
+every other test on its own.
+"""
 
 import os
 
+import pytest
+
 os.environ['LAPERM_JAX_COMPILE_CACHE'] = '0'
+
+# Test modules whose tests share one expensive module fixture.
+SHARED_FIXTURE_MODULES = frozenset({
+    'test_checkpoint.py',
+    'test_experiments_processes.py',
+    'test_experiments_training.py',
+    'test_multiprocess.py',
+    'test_sharding.py',
+})
+
+
+def scope_of(nodeid: str) -> str:
+  """The xdist work unit of a test: its module when the module shares a
+  fixture, else the test itself.
+
+  >>> scope_of('tests/test_sharding.py::test_a[x]')
+  'tests/test_sharding.py'
+  >>> scope_of('tests/test_transform.py::test_b')
+  'tests/test_transform.py::test_b'
+  """
+  module = nodeid.split('::', 1)[0]
+  if module.rsplit('/', 1)[-1] in SHARED_FIXTURE_MODULES:
+    return module
+  return nodeid
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+  """Under ``--dist load`` (the default), schedules by :func:`scope_of`."""
+  if config.getvalue('dist') != 'load':
+    return None
+  from xdist.scheduler import LoadScopeScheduling  # pylint: disable=import-outside-toplevel
+
+  class SharedFixtureScheduling(LoadScopeScheduling):
+
+    def _split_scope(self, nodeid: str) -> str:
+      return scope_of(nodeid)
+
+  return SharedFixtureScheduling(config, log)

@@ -44,10 +44,14 @@ def grads_at(params, step):
 
 
 def run(params, tx):
-  """STEPS jitted updates; returns (params, state, compiled update text)."""
+  """STEPS jitted updates; returns (params, state, compiled update text).
+
+  The updates run the very program whose text is returned (compiled once).
+  """
   state = jax.jit(tx.init)(params)
-  update = jax.jit(tx.update)
-  hlo = update.lower(grads_at(params, 0), state, params).compile().as_text()
+  update = jax.jit(tx.update).lower(grads_at(params, 0), state,
+                                    params).compile()
+  hlo = update.as_text()
   for step in range(STEPS):
     updates, state = update(grads_at(params, step), state, params)
     params = optax.apply_updates(params, updates)

@@ -15,8 +15,6 @@ import laperm_jax
 from tests import checkpoint_checks as run
 
 ROOT = pathlib.Path(__file__).parents[1]
-# One xdist worker runs this module, so its module fixture runs once.
-pytestmark = pytest.mark.xdist_group('checkpoint')
 
 
 @pytest.fixture(scope='module')

@@ -62,8 +62,6 @@ def final_state(out):
   return {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
 
 
-# The tests that read `runs` share one worker, so the three CLI runs happen once.
-shares_the_runs = pytest.mark.xdist_group('experiments_processes')
 
 
 @pytest.fixture(scope='module')
@@ -89,7 +87,6 @@ def runs(tmp_path_factory):
   return outs
 
 
-@shares_the_runs
 def test_two_processes_match_one_process_with_as_many_devices(runs):
   one, two = (json.loads((runs[n] / 'results.json').read_text())
               for n in ('one', 'two'))
@@ -113,7 +110,6 @@ def test_processes_but_the_first_write_and_print_nothing(tmp_path, monkeypatch,
   assert capsys.readouterr().out == ''
 
 
-@shares_the_runs
 def test_resume_across_processes_is_bit_identical(runs):
   assert figures(runs['resumed'])['history'] == figures(runs['two'])['history']
   ref, got = final_state(runs['two']), final_state(runs['resumed'])

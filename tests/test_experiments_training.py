@@ -13,8 +13,6 @@ from experiments import training
 from tests.sync_bound_checks import assert_trained_params_are_a_synced_theta0
 
 DIGITS = data.load('digits')
-# One xdist worker runs this module, so its module fixture runs once.
-pytestmark = pytest.mark.xdist_group('experiments_training')
 
 
 def tiny(**overrides):

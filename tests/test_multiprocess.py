@@ -24,9 +24,6 @@ TIMEOUT_S = 300  # per launch; each takes a fraction of it
 # before JAX's own detection of a missing process would end it.
 FAIL_FAST_S = 60
 KERNELS = ('dense', 'conv')
-# The tests of the shared launches (the ``runs`` fixture) run on one xdist
-# worker, so that the launches happen once.
-shares_the_launches = pytest.mark.xdist_group('multiprocess')
 
 
 def load(directory: pathlib.Path, num_processes: int):
@@ -81,7 +78,6 @@ def assert_bit_identical(got: dict, want: dict, prefix: str) -> None:
     assert got[name].tobytes() == want[name].tobytes(), name
 
 
-@shares_the_launches
 def test_the_mesh_spans_both_processes(runs):
   _, holders, facts = runs['two']
   for index, process in enumerate(facts):
@@ -98,7 +94,6 @@ def test_the_mesh_spans_both_processes(runs):
     assert facts[0][layout]['pool_specs'] == wanted
 
 
-@shares_the_launches
 @pytest.mark.parametrize('layout', list(checks.LAYOUTS))
 @pytest.mark.parametrize('what', ['trained', 'exact', 'reconnected'])
 def test_two_processes_give_the_bits_of_one(runs, layout, what):
@@ -106,7 +101,6 @@ def test_two_processes_give_the_bits_of_one(runs, layout, what):
   assert_bit_identical(runs['two'][0], runs['one'][0], f'{layout}/{what}')
 
 
-@shares_the_launches
 @pytest.mark.parametrize('layout', list(checks.LAYOUTS))
 def test_state_queries_work_on_arrays_spread_over_processes(runs, layout):
   arrays, _, facts = runs['two']
@@ -130,7 +124,6 @@ def test_state_queries_work_on_arrays_spread_over_processes(runs, layout):
     assert value.tobytes() == reconnected[name].tobytes(), name
 
 
-@shares_the_launches
 def test_sync_of_process_local_vectors_has_no_collective(runs):
   for process in runs['two'][2]:
     check = process['out_axis']
@@ -140,7 +133,6 @@ def test_sync_of_process_local_vectors_has_no_collective(runs):
     assert check['collectives'] == {'all': ['all-reduce'], 'of_arrays': []}
 
 
-@shares_the_launches
 def test_vectors_split_across_processes_are_exchanged_for_the_sort(runs):
   for process in runs['two'][2]:
     assert process['fan_in']['collectives'] == {
@@ -158,7 +150,6 @@ def assert_resumed(facts: list[dict], source: str, layout: str,
     assert resumed['history'] == history
 
 
-@shares_the_launches
 @pytest.mark.parametrize('restored_by', ['two', 'one'])
 @pytest.mark.parametrize('layout', list(checks.LAYOUTS))
 def test_a_checkpoint_of_two_processes_resumes_bit_identically(
@@ -174,7 +165,6 @@ def test_a_checkpoint_of_two_processes_resumes_bit_identically(
                  runs['two'][2][0][layout]['history'][checks.SAVE_AFTER:])
 
 
-@shares_the_launches
 def test_a_checkpoint_restored_onto_another_layout_resumes_alike(runs):
   # The output-axis checkpoint restored with its vectors split over the
   # processes. XLA:CPU compiles elementwise code per shard shape, so Adam's

@@ -14,8 +14,6 @@ import sys
 import pytest
 
 CHECKS = pathlib.Path(__file__).with_name('sharding_checks.py')
-# One xdist worker runs this module, so its module fixture runs once.
-pytestmark = pytest.mark.xdist_group('sharding')
 
 
 @pytest.fixture(scope='module')
