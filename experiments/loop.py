@@ -208,6 +208,14 @@ def last_sync_weights(opt_state: Any, exact: Any) -> Any:
   pool), so a run resumed between two syncs counts the next sync's moved
   weights against them, as the uninterrupted run does. Leaves without pool,
   and every leaf of a state without ``SyncChanges``, come from ``exact``.
+
+  >>> import jax.numpy as jnp, optax, laperm_jax
+  >>> params = {'w': jnp.array([[1., 2.], [3., 4.]]), 'b': jnp.zeros(2)}
+  >>> tx = laperm_jax.laperm(optax.sgd(1.0), 2, track_changes=True)
+  >>> last_sync_weights(tx.init(params), {'w': jnp.zeros((2, 2)),
+  ...                                     'b': jnp.ones(2)})['w']
+  Array([[1., 2.],
+         [3., 4.]], dtype=float32)
   """
   changes = getattr(opt_state, 'changes', None)
   if not isinstance(changes, laperm_jax.SyncChanges):
