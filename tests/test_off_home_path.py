@@ -37,7 +37,7 @@ def test_reconnect_uses_the_pools_axes_and_rejects_others():
   params = {'w': jnp.array([[3., 0.], [1., 2.]])}
   pool = laperm_jax.sorted_pool(params, vector_axes=-1)
   current = {'w': jnp.array([[3., 0.], [1., 2.]])}
-  # Before: reconnect(current, pool) without the axes scrambled the rows.
+  # Without axes, reconnect uses the pool's (rows): the columns' would mix them.
   np.testing.assert_array_equal(laperm_jax.reconnect(current, pool)['w'],
                                 [[3., 0.], [1., 2.]])
   assert bool(laperm_jax.is_permutation_of_pool(current, pool)['w'])
