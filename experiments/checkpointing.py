@@ -5,7 +5,8 @@ A checkpoint (``DIR/checkpoints/<step>``) holds, as one Orbax composite:
 * ``state``: the carry ``(params, batch_stats, opt_state)``. For LaPerm
   ``opt_state`` is a ``laperm_jax.LaPermState``: its pool (the sorted
   theta_0) is restored from the checkpoint, never rebuilt from the weights
-  (with ``--track-syncs`` it also holds the weights of the previous sync);
+  (with ``--track-syncs`` it also holds the exact weights of the previous
+  sync, which a resumed run's next sync record counts moved weights against);
 * ``meta`` (JSON): the step, the history and sync records so far, the losses
   of the current evaluation interval, the initial accuracy, the train time and
   the run's config.

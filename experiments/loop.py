@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import optax
 
 from experiments import checkpointing
 from experiments import protocol
@@ -35,6 +36,9 @@ class Loop:
       compilation, no evaluation).
     exact_params: LaPerm's params on exact pool values at the last
       evaluation after a sync (None before one, and for the baseline).
+    last_sync_exact: with ``--track-syncs``, the exact params of the last
+      sync (theta_0 before the first): what the next sync record counts
+      moved weights against.
     params_before_last_step: the params just before the last step trained.
     last_step_synced: whether the last step trained was a sync.
   """
@@ -50,10 +54,12 @@ class Loop:
     self.train_time_s, self.pending = 0.0, []
     self.stopped_early: dict | None = None
     self.exact_params: Any = None
+    self.last_sync_exact: Any = None
     self.params_before_last_step: Any = None
     self.last_step_synced = False
     self.checkpoints = checkpoints
     self.initial_accuracy = self._evaluate_synced()[0]  # theta_0
+    self.last_sync_exact = self.exact_params
     self.every = None
     if checkpoints is not None:
       checkpoints.total_steps, self.every = pipe.total_steps, checkpoints.every
@@ -70,9 +76,11 @@ class Loop:
     self.train_time_s = meta['train_time']
     self.initial_accuracy = meta['initial_accuracy']
     self.pending = meta['pending_losses']
-    if self.reconnects:  # the reference of the next sync's moved weights
+    if self.reconnects:
       self.exact_params = laperm_jax.exact_params(self.carry.opt_state,
                                                   self.carry.params)
+      self.last_sync_exact = last_sync_weights(self.carry.opt_state,
+                                               self.exact_params)
 
   def _evaluate_synced(self) -> tuple[float, float]:
     """Accuracy and loss of the exact pool values (raw params for Adam)."""
@@ -150,7 +158,7 @@ class Loop:
                           (self.steps.compile_time_s - compile_before))
     self.step = point
     train_loss = float(np.concatenate(losses).mean()) if losses else None
-    carry, previous_exact = self.carry, self.exact_params
+    carry = self.carry
     self.history += protocol.evaluate_point(
         point, is_laperm=self.reconnects, is_sync=self.last_step_synced,
         evaluate_raw=lambda: self.steps.evaluate(carry.params,
@@ -160,7 +168,8 @@ class Loop:
     if self.cfg.init == 'sparse' and self.last_step_synced:
       self._record_connections()
     if tracked:
-      self._record_sync(point, pre_sync, previous_exact)
+      self._record_sync(point, pre_sync, self.last_sync_exact)
+      self.last_sync_exact = self.exact_params
 
   def _record_connections(self) -> None:
     """The connections the sync just evaluated created and removed, in its
@@ -189,3 +198,31 @@ class Loop:
         nonzero=nonzero,
         moved_by_leaf=sync_moves.moved_by_leaf(previous_exact,
                                                self.exact_params, self.mask)))
+
+
+def last_sync_weights(opt_state: Any, exact: Any) -> Any:
+  """The exact params of the last sync, from a restored LaPerm state.
+
+  ``laperm(track_changes=True)`` keeps them in ``SyncChanges.previous``
+  (theta_0 before the first sync; ``optax.MaskedNode`` at leaves without
+  pool), so a run resumed between two syncs counts the next sync's moved
+  weights against them, as the uninterrupted run does. Leaves without pool,
+  and every leaf of a state without ``SyncChanges``, come from ``exact``.
+
+  >>> import jax.numpy as jnp, optax, laperm_jax
+  >>> params = {'w': jnp.array([[1., 2.], [3., 4.]]), 'b': jnp.zeros(2)}
+  >>> tx = laperm_jax.laperm(optax.sgd(1.0), 2, track_changes=True)
+  >>> last_sync_weights(tx.init(params), {'w': jnp.zeros((2, 2)),
+  ...                                     'b': jnp.ones(2)})['w']
+  Array([[1., 2.],
+         [3., 4.]], dtype=float32)
+  """
+  changes = getattr(opt_state, 'changes', None)
+  if not isinstance(changes, laperm_jax.SyncChanges):
+    return exact
+  previous = jax.tree.leaves(changes.previous,
+                             is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+  leaves, treedef = jax.tree.flatten(exact)
+  return jax.tree.unflatten(treedef, [
+      leaf if isinstance(kept, optax.MaskedNode) else kept
+      for leaf, kept in zip(leaves, previous, strict=True)])

@@ -16,7 +16,10 @@ Parameter names are the Flax defaults LaPerm reads (README layout table):
 
 ``LAYOUTS`` names the weight-vector choices compared on the validation split:
 each maps params to a ``vector_axes`` tree for ``laperm_jax.laperm`` (None =
-the library's default for that leaf).
+the library's defaults). ``default`` reconnects q/k/v per head;
+``per_output_unit`` is the paper's choice, one output unit's incoming weights
+on every leaf; each other layout changes one kind of leaf of
+``per_output_unit``.
 """
 
 from __future__ import annotations
@@ -116,28 +119,38 @@ def path_name(path) -> str:
   return jax.tree_util.keystr(path, simple=True, separator='/')
 
 
+# The paper's weight vectors on every leaf: one output unit's incoming
+# weights, which for q/k/v (in, heads, head_dim) is the fan-in axis 0.
+_PER_OUTPUT_UNIT = {('qkv', 'kernel'): (0,)}
+
+
 def _override(axes_by_kind: dict[tuple[str, str], tuple[int, ...]]) -> Layout:
   """A layout: the listed (kind, leaf name) pairs get their axes, every other
-  leaf the library's default."""
+  leaf its vectors under ``per_output_unit``."""
+  chosen = {**_PER_OUTPUT_UNIT, **axes_by_kind}
+
   def layout(params: Params) -> Params:
     def axes(path, leaf, default):
       del leaf
       key = (layer_kind(path_name(path)), getattr(path[-1], 'key', ''))
-      return axes_by_kind.get(key, default)
+      return chosen.get(key, default)
     return jax.tree_util.tree_map_with_path(
         axes, params, laperm_jax.default_vector_axes(params),
         is_leaf=lambda x: x is None)
   return layout
 
 
+# Every alternative to the default changes one kind of leaf of
+# 'per_output_unit', the layout it is compared against.
 LAYOUTS: dict[str, Layout | None] = {
-    # The library's defaults: q/k/v (in, heads, head_dim) per output unit
-    # (axis 0, fan-in), attention out (heads, head_dim, out) per output unit
-    # (axes 0, 1), embedding tables by row (one vector per position), Dense
+    # The library's defaults: q/k/v (in, heads, head_dim) per head (axes
+    # (0, 2)), attention out (heads, head_dim, out) per output unit (axes
+    # 0, 1), embedding tables by row (one vector per position), Dense
     # kernels by column.
     'default': None,
-    # q/k/v: one vector per head, the (in, head_dim) slice.
-    'qkv_per_head': _override({('qkv', 'kernel'): (0, 2)}),
+    # The paper's vectors, one output unit's incoming weights, everywhere:
+    # q/k/v per output unit across heads (axis 0, the fan-in).
+    'per_output_unit': _override({}),
     # q/k/v: one vector per head_dim unit across heads, (in, heads): what
     # "all axes but the last" gives.
     'qkv_across_heads': _override({('qkv', 'kernel'): (0, 1)}),
@@ -162,6 +175,9 @@ def vector_axes(layout: str, params: Params) -> Params:
     {'pos_embed': {'embedding': (1,)}}
     >>> vector_axes('pos_by_column', params)
     {'pos_embed': {'embedding': (0,)}}
+    >>> query = {'query': {'kernel': jnp.zeros((8, 2, 4))}}
+    >>> vector_axes('default', query), vector_axes('per_output_unit', query)
+    ({'query': {'kernel': (0, 2)}}, {'query': {'kernel': (0,)}})
   """
   if layout not in LAYOUTS:
     raise ValueError(f'unknown layout {layout!r}; choose from '

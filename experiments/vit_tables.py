@@ -16,9 +16,11 @@ KIND_LABEL = {'qkv': 'q/k/v kernels', 'attention_out': 'attention output',
               'mlp': 'MLP', 'patch_embed': 'patch embedding',
               'pos_embed': 'position embedding', 'head': 'classifier head'}
 LAYOUT_LABEL = {
-    'default': 'the library defaults: q/k/v per output unit (fan-in, axis 0); '
-               'out per output unit (axes 0, 1); embedding by row',
-    'qkv_per_head': 'q/k/v per head: (in, head_dim) slices, axes (0, 2)',
+    'per_output_unit': "the paper's: every kernel per output unit, q/k/v too "
+                       '(fan-in, axis 0); out per output unit (axes 0, 1); '
+                       'embedding by row',
+    'default': 'the library defaults: q/k/v per head, (in, head_dim) slices, '
+               'axes (0, 2); the rest as per_output_unit',
     'qkv_across_heads': 'q/k/v per head_dim unit across heads, axes (0, 1)',
     'out_per_head': 'attention out per head and output unit, axis 1',
     'out_by_row': 'attention out by row (fan-out), axis 2',
@@ -33,17 +35,24 @@ def _acc(res: dict) -> str:
   return tables_lib.final_best(res)
 
 
-# The LaPerm configurations run on the test set: (label, folder prefix).
+# The LaPerm configurations run on the test set: (label, folder prefix,
+# the --layout their results.json must record).
 LAPERM_RUNS = (
-    ('default layout (paper)', 'vit_fashion_seed'),
-    ('q/k/v per head', 'vit_fashion_qkv_per_head_seed'),
-    ('tuned: q/k/v across heads, carry 1', 'vit_fashion_tuned_seed'))
+    ('q/k/v per output unit (paper)', 'vit_fashion_seed', 'per_output_unit'),
+    ('default: q/k/v per head', 'vit_fashion_qkv_per_head_seed', 'default'),
+    ('tuned: q/k/v across heads, carry 1', 'vit_fashion_tuned_seed',
+     'qkv_across_heads'))
 
 
-def _laperm_run(files: tables_lib.Files, prefix: str, seed: int) -> dict:
-  if prefix == 'vit_fashion_seed':
-    return files.run(f'{prefix}{seed}', 'laperm')
-  return files.run(f'{prefix}{seed}')
+def _laperm_run(files: tables_lib.Files, prefix: str, seed: int,
+                layout: str) -> dict:
+  """A LaPerm run's results; raises if it ran another layout."""
+  run = (files.run(f'{prefix}{seed}', 'laperm')
+         if prefix == 'vit_fashion_seed' else files.run(f'{prefix}{seed}'))
+  if run['config']['layout'] != layout:
+    raise ValueError(f'{prefix}{seed} ran layout '
+                     f"{run['config']['layout']!r}, labelled {layout!r}")
+  return run
 
 
 def seeds(files: tables_lib.Files) -> str:
@@ -51,14 +60,15 @@ def seeds(files: tables_lib.Files) -> str:
   rows = []
   for seed in SEEDS:
     adam = files.run(f'vit_fashion_seed{seed}', 'adam')
-    runs = [_laperm_run(files, prefix, seed) for _, prefix in LAPERM_RUNS]
+    runs = [_laperm_run(files, prefix, seed, layout)
+            for _, prefix, layout in LAPERM_RUNS]
     cells = []
     for run in runs:
       cells += [_acc(run), tables_lib.signed(tables_lib.gap(run, adam))]
     rows.append([seed, _acc(adam), *cells,
                  all(run['exact_permutation'] for run in runs)])
   header = ['seed', 'Adam final (best)']
-  for label, _ in LAPERM_RUNS:
+  for label, _, _ in LAPERM_RUNS:
     header += [f'LaPerm, {label}: final (best)', '− Adam']
   return tables_lib.table(header + ['exact permutations'], rows)
 
@@ -87,33 +97,38 @@ LAYOUT_RUNS = (('vit_fashion_layouts_val', 'k 1 epoch, carry 0 (paper)'),
                ('vit_fashion_layouts_carry1.0_k20_val', 'k 20, carry 1'))
 
 
+# The layout every other one is compared against: each alternative changes
+# one kind of leaf of it (experiments.vit.LAYOUTS).
+BASE = 'per_output_unit'
+
+
 def _layout_rows(files: tables_lib.Files, folder: str) -> dict:
-  """{layout: row} of one layouts run; without carry, the default layout's
-  row is the k sweep's run at the same k (the same configuration)."""
+  """{layout: row} of one layouts run; without carry, the base layout's row
+  is the k sweep's run at the same k (the same configuration)."""
   out = files.json(folder, 'layouts.json')
   rows = {r['layout']: r for r in out['rows']}
-  if 'default' not in rows:
+  if BASE not in rows:
     k = out['config']['k']
     swept = next(r for r in files.json('vit_fashion_ksweep_val',
                                        'ksweep.json')['rows'] if r['k'] == k)
-    rows['default'] = dict(final_accuracy=swept['final_test_accuracy'],
-                           exact_permutation=swept['exact_permutation'])
+    rows[BASE] = dict(final_accuracy=swept['final_test_accuracy'],
+                      exact_permutation=swept['exact_permutation'])
   return rows
 
 
 def layouts(files: tables_lib.Files) -> str:
-  """Validation final accuracy per weight-vector layout (and vs default)."""
+  """Validation final accuracy per weight-vector layout (and vs the base)."""
   runs = [_layout_rows(files, folder) for folder, _ in LAYOUT_RUNS]
 
   def cell(rows, layout):
     if layout not in rows:
       return '—'
     final, base = (rows[layout]['final_accuracy'],
-                   rows['default']['final_accuracy'])
+                   rows[BASE]['final_accuracy'])
     return (f'{tables_lib.pct(final)} '
             f'({tables_lib.signed(100 * (final - base))})')
   table_rows = []
-  for layout in vit.LAYOUTS:
+  for layout in [BASE] + [name for name in vit.LAYOUTS if name != BASE]:
     exact = all(r[layout]['exact_permutation'] for r in runs if layout in r)
     table_rows.append([f'`{layout}`', LAYOUT_LABEL[layout],
                        *[cell(r, layout) for r in runs], exact])
@@ -122,8 +137,8 @@ def layouts(files: tables_lib.Files) -> str:
       ['exact permutations'], table_rows)
 
 
-TRACKED = {'default': ('vit_fashion_seed0', 'laperm'),
-           'qkv_per_head': ('vit_fashion_qkv_per_head_seed0', None),
+TRACKED = {'per_output_unit': ('vit_fashion_seed0', 'laperm'),
+           'default': ('vit_fashion_qkv_per_head_seed0', None),
            'tuned': ('vit_fashion_tuned_seed0', None)}
 
 

@@ -23,8 +23,13 @@ from laperm_jax._typing import VectorAxes
 
 Axes = tuple[int, ...]
 
-# Flax attention in-projections: kernel (in, heads, head_dim), fan-in axis 0.
+# Flax attention in-projections: kernel (in, heads, head_dim). One weight
+# vector per head, its (in, head_dim) slice: a head's logits are dot products
+# in its own head_dim space, so the head's projection is one unit (RESULTS.md,
+# "Attention: a Vision Transformer", compares it with the fan-in axis 0 alone).
+# A kernel of another rank keeps the fan-in axis 0.
 _ATTENTION_IN = ('query', 'key', 'value')
+_PER_HEAD = (0, 2)
 # Names of leaves that are never reconnected by default, whatever their rank.
 _NOT_WEIGHTS = ('bias', 'scale')
 
@@ -101,7 +106,7 @@ def _default_axes(path: tuple[Any, ...], leaf: Any) -> Any:
     return (-1,)
   if name == 'kernel' and ndim >= 3:
     if parent in _ATTENTION_IN:
-      return (0,)
+      return _PER_HEAD if ndim == 3 else (0,)
     if 'conv' in parent.lower() or parent == 'out':
       return None
     return _Ambiguous(
@@ -164,12 +169,13 @@ def default_vector_axes(params: PyTree) -> PyTree:
   One vector per output unit: every axis but the last for Flax/Keras/Haiku
   layouts (``kernel (in, out)``, ``(*window, in, out)``, and any leaf of
   another name), every axis but the first for leaves named ``weight``
-  (PyTorch/Equinox ``(out, in, *window)``), axis 0 for the ``query``,
-  ``key`` and ``value`` kernels ``(in, heads, head_dim)`` of Flax attention,
-  the last axis for Flax ``embedding`` tables (one vector per token, as an
-  Equinox ``Embedding.weight`` row). A rank >= 3 ``kernel`` whose module name
-  does not tell a Conv from a DenseGeneral makes :func:`laperm` raise when
-  it is reconnected without ``vector_axes``.
+  (PyTorch/Equinox ``(out, in, *window)``), the last axis for Flax
+  ``embedding`` tables (one vector per token, as an Equinox
+  ``Embedding.weight`` row). One vector per head for the ``query``, ``key``
+  and ``value`` kernels ``(in, heads, head_dim)`` of Flax attention: the
+  head's ``(in, head_dim)`` slice, axes ``(0, 2)``. A rank >= 3 ``kernel``
+  whose module name does not tell a Conv from a DenseGeneral makes
+  :func:`laperm` raise when it is reconnected without ``vector_axes``.
 
   Args:
     params: a pytree of arrays (or of ``jax.ShapeDtypeStruct``).
@@ -184,6 +190,8 @@ def default_vector_axes(params: PyTree) -> PyTree:
     >>> default_vector_axes({'Conv_0': {'kernel': jnp.zeros((2, 3, 4, 8))},
     ...                      'weight': jnp.zeros((8, 4, 3, 3))})
     {'Conv_0': {'kernel': (0, 1, 2)}, 'weight': (1, 2, 3)}
+    >>> default_vector_axes({'query': {'kernel': jnp.zeros((8, 2, 4))}})
+    {'query': {'kernel': (0, 2)}}
   """
   def axes(path, leaf):
     spec = _default_axes(path, leaf)

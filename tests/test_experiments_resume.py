@@ -36,20 +36,25 @@ def final_state(out):
   return last, {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
 
 
+def interrupt_at(step, argv, monkeypatch):
+  """Runs ``argv`` until its checkpoint of ``step`` is saved, then dies."""
+  save = checkpointing.Checkpoints.save
+  def save_then_die(self, at, tree, loop):
+    save(self, at, tree, loop)
+    if at == step:
+      raise Interrupted
+  monkeypatch.setattr(checkpointing.Checkpoints, 'save', save_then_die)
+  with pytest.raises(Interrupted):
+    train.main(argv)
+  monkeypatch.undo()
+
+
 def test_interrupted_mid_period_resumes_bit_identically(tmp_path, monkeypatch,
                                                         capsys):
   full, cut = tmp_path / 'full', tmp_path / 'cut'
   assert train.main(RUN + ['--out', str(full)]) == 0
 
-  save = checkpointing.Checkpoints.save
-  def save_then_die(self, step, tree, loop):
-    save(self, step, tree, loop)
-    if step == INTERRUPT_AT:
-      raise Interrupted
-  monkeypatch.setattr(checkpointing.Checkpoints, 'save', save_then_die)
-  with pytest.raises(Interrupted):
-    train.main(RUN + ['--out', str(cut)])
-  monkeypatch.undo()
+  interrupt_at(INTERRUPT_AT, RUN + ['--out', str(cut)], monkeypatch)
   assert not (cut / 'results.json').exists()
   with pytest.raises(SystemExit):  # checkpoints there, no --resume: refused
     train.main(RUN + ['--out', str(cut)])
@@ -89,6 +94,21 @@ def test_interrupted_mid_period_resumes_bit_identically(tmp_path, monkeypatch,
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1
   assert 'another config' in err and 'lr: 0.001 -> 0.01' in err
+
+
+def test_resumed_between_syncs_records_the_uninterrupted_syncs(tmp_path,
+                                                               monkeypatch):
+  # Every sync evaluated and recorded; step 8 is between the syncs of 6 and
+  # 9, whose record counts the weights moved since the sync of 6.
+  run = RUN + ['--track-syncs']
+  full, cut = tmp_path / 'full', tmp_path / 'cut'
+  assert train.main(run + ['--out', str(full)]) == 0
+  interrupt_at(INTERRUPT_AT, run + ['--out', str(cut)], monkeypatch)
+  assert train.main(run + ['--out', str(cut), '--resume']) == 0
+  a = json.loads((full / 'results.json').read_text())['sync_records']
+  b = json.loads((cut / 'results.json').read_text())['sync_records']
+  assert [r['step'] for r in a] == [3, 6, 9, 12]
+  assert a == b
 
 
 def test_spans_split_at_checkpoints():

@@ -58,15 +58,14 @@ def test_layer_kinds_cover_every_reconnected_vit_leaf():
 
 
 @pytest.mark.parametrize('layout, changed', [
-    ('qkv_per_head', {'query', 'key', 'value'}),
     ('qkv_across_heads', {'query', 'key', 'value'}),
     ('out_per_head', {'out'}), ('out_by_row', {'out'}),
     ('pos_by_column', {'pos_embed'}), ('patch_by_row', {'patch_embed'})])
 def test_each_layout_changes_only_its_layers(layout, changed):
   params = vit_params()
-  default = by_name(laperm_jax.default_vector_axes(params))
+  paper = by_name(vit.vector_axes('per_output_unit', params))
   chosen = by_name(vit.vector_axes(layout, params))
-  differ = {name for name in default if default[name] != chosen[name]}
+  differ = {name for name in paper if paper[name] != chosen[name]}
   assert differ and all(name.split('/')[-2] in changed for name in differ)
   assert all(name.endswith(('kernel', 'embedding')) for name in differ)
 
@@ -76,6 +75,17 @@ def test_default_layout_is_the_library_default():
       laperm_jax.default_vector_axes(vit_params()))
   with pytest.raises(ValueError, match='unknown layout'):
     vit.vector_axes('by_magic', vit_params())
+
+
+def test_per_output_unit_differs_from_the_default_only_at_qkv():
+  params = vit_params()
+  default = by_name(vit.vector_axes('default', params))
+  paper = by_name(vit.vector_axes('per_output_unit', params))
+  differ = {name for name in default if default[name] != paper[name]}
+  assert differ == {f'block{b}/attention/{n}/kernel'
+                    for b in (1, 2) for n in ('query', 'key', 'value')}
+  assert all(default[name] == (0, 2) and paper[name] == (0,)
+             for name in differ)
 
 
 def test_exact_permutation_check_uses_the_layouts_vectors():
@@ -104,7 +114,7 @@ def test_moved_fraction_by_kind_weights_leaves_by_size():
 def tiny_run():
   args = cli.parse(train.build_parser(),
                    ['--preset', 'tiny_vit_digits', '--track-syncs',
-                    '--layout', 'qkv_per_head'])
+                    '--layout', 'per_output_unit'])
   cfg = cli.config_from_args(args, optimizer='laperm')
   return training.run(cfg, progress=False)
 
@@ -133,8 +143,8 @@ def test_tiny_vit_sync_records_moves_per_reconnected_leaf(tiny_run):
 def test_layouts_command_writes_one_row_per_layout(tmp_path):
   out = tmp_path / 'layouts'
   assert vit_layouts.main(['--preset', 'tiny_vit_digits', '--max-steps', '5',
-                           '--layouts', 'default,pos_by_column',
+                           '--layouts', 'per_output_unit,pos_by_column',
                            '--no-progress', '--out', str(out)]) == 0
   rows = json.loads((out / 'layouts.json').read_text())['rows']
-  assert [r['layout'] for r in rows] == ['default', 'pos_by_column']
+  assert [r['layout'] for r in rows] == ['per_output_unit', 'pos_by_column']
   assert all(r['exact_permutation'] for r in rows)

@@ -37,7 +37,7 @@ def test_reconnect_uses_the_pools_axes_and_rejects_others():
   params = {'w': jnp.array([[3., 0.], [1., 2.]])}
   pool = laperm_jax.sorted_pool(params, vector_axes=-1)
   current = {'w': jnp.array([[3., 0.], [1., 2.]])}
-  # Before: reconnect(current, pool) without the axes scrambled the rows.
+  # Without axes, reconnect uses the pool's (rows): the columns' would mix them.
   np.testing.assert_array_equal(laperm_jax.reconnect(current, pool)['w'],
                                 [[3., 0.], [1., 2.]])
   assert bool(laperm_jax.is_permutation_of_pool(current, pool)['w'])
@@ -154,8 +154,8 @@ def test_flax_linen_layout_table():
   flags = laperm_jax.default_mask(params)
   attention = 'MultiHeadDotProductAttention_0'
   assert axes['Embed_0']['embedding'] == (1,) and flags['Embed_0']['embedding']
-  for name in ('query', 'key', 'value'):  # (in, heads, head_dim)
-    assert axes[attention][name]['kernel'] == (0,)
+  for name in ('query', 'key', 'value'):  # (in, heads, head_dim): per head
+    assert axes[attention][name]['kernel'] == (0, 2)
     assert not flags[attention][name]['bias']
   assert axes[attention]['out']['kernel'] == (0, 1)  # (heads, hd, out)
   assert axes['Conv_0']['kernel'] == (0, 1)
@@ -165,7 +165,7 @@ def test_flax_linen_layout_table():
   pool = laperm_jax.sorted_pool(params)
   query = np.asarray(params[attention]['query']['kernel'])
   np.testing.assert_array_equal(pool[attention]['query']['kernel'].values,
-                                reference.pool_of(query, (0,)))
+                                reference.pool_of(query, (0, 2)))
 
 
 def test_nnx_layout_table():
@@ -180,9 +180,14 @@ def test_nnx_layout_table():
   flags = laperm_jax.default_mask(params)
   assert jax.tree.leaves(flags['norm']) == [False, False]
   assert axes['embed']['embedding'] == (1,)
-  assert axes['attention']['query']['kernel'] == (0,)
+  for name in ('query', 'key', 'value'):  # (in, heads, head_dim): per head
+    assert axes['attention'][name]['kernel'] == (0, 2)
   assert axes['attention']['out']['kernel'] == (0, 1)
   assert axes['conv']['kernel'] == (0, 1, 2)
+  pool = laperm_jax.sorted_pool(params)
+  key = np.asarray(params['attention']['key']['kernel'][...])
+  np.testing.assert_array_equal(pool['attention']['key']['kernel'].values,
+                                reference.pool_of(key, (0, 2)))
 
 
 def test_ambiguous_kernels_and_int_lists_raise_with_the_argument():
