@@ -32,15 +32,15 @@ RUN = ['--dataset', 'digits', '--model', 'lenet300', '--batch-size', '6',
 # --track-syncs also evaluates the params just before each sync, which
 # another program than the training chunk returns.
 MESHES = {'model=4': ['--mesh', 'model=4', '--track-syncs'], 'default': []}
-carries = []  # the carry of each run once it has trained
+loops = []  # the loop of each run once it has trained
 train_loop = loop.Loop.train
 def spy(self, progress):
   train_loop(self, progress)
-  carries.append(tuple(self.carry))
+  loops.append(self)
 loop.Loop.train = spy
 
 def final():
-  leaves = jax.tree_util.tree_flatten_with_path(carries[-1])[0]
+  leaves = jax.tree_util.tree_flatten_with_path(tuple(loops[-1].carry))[0]
   values = {jax.tree_util.keystr(p): np.asarray(x) for p, x in leaves}
   shardings = {jax.tree_util.keystr(p): [tuple(x.sharding.spec) if hasattr(
       x.sharding, 'spec') else 'single', len(x.sharding.device_set)]
@@ -74,6 +74,14 @@ for spec, flags in MESHES.items():
       same_leaves=set(ref) <= set(got),
       within_sync_bound=b['trained_params_within_sync_bound'],
       shardings=shardings)
+  if '--track-syncs' in flags:
+    # The evaluation, compiled for the params just before a sync, accepts
+    # the params of every other program too.
+    run = loops[-1]
+    report[spec]['evaluated'] = [
+        run.steps.evaluate(params, run.carry.batch_stats)[0] for params in (
+            run.carry.params, run.exact_params, run.params_before_last_step)]
+    report[spec]['final_accuracy'] = b['final_test_accuracy']
 rows = mesh.MeshPlan('data=2,model=2').batch_indices(
     np.arange(3 * 6).reshape(3, 6))
 report['batch_rows'] = sorted({s.data.shape for s in rows.addressable_shards})
@@ -93,13 +101,15 @@ def test_mesh_matches_single_device(tmp_path):
   report = json.loads(line[len('RESULTS '):])
   # Each device holds only its data shard of each batch's rows.
   assert report.pop('batch_rows') == [[3, 3]]
-  default = report['default']['mesh']
-  assert default['spec'] == 'data=2,model=2' and default['chosen'] == 'default'
-  assert default['shape'] == {'data': 2, 'model': 2}
+  assert report['default']['mesh'] == dict(
+      spec='data=2,model=2', shape={'data': 2, 'model': 2}, devices=4,
+      platform='cpu', chosen='default', processes=1)
   assert ('training on all 4 devices: --mesh data=2,model=2'
           in proc.stdout), proc.stdout
   assert report['model=4']['mesh']['chosen'] == 'flag'
   assert report['default']['max_loss_diff'] < 1e-5, report['default']
+  tracked = report['model=4']
+  assert tracked['evaluated'][1] == tracked['final_accuracy'], tracked
   for mesh, got in report.items():
     assert got['mesh']['devices'] == 4, mesh
     assert got['same_leaves'] and got['within_sync_bound'] is True, mesh
