@@ -5,8 +5,10 @@ The batch of every step is split over ``data``; every kernel (Dense
 on ``model`` when that axis divides evenly, and so are its LaPerm pool and Adam
 moments. A weight vector runs along the other axes, so each one lives whole on
 one device and the sync sorts locally. Biases and batch-norm parameters follow
-the same rule (as in ``examples/sharded_training.py``); scalars, counters and
-the data set are replicated.
+the same rule (as in ``examples/sharded_training.py``); a leaf whose last axis
+does not divide (a final Dense of 10 outputs on ``model=4``), scalars,
+counters and the data set are replicated. The compiled programs return every
+leaf in this layout (``experiments.steps.OutputShardings``).
 
 The mesh uses ``jax.sharding.AxisType.Auto``: the Flax models are unchanged
 and the compiler inserts the collectives of the forward and backward passes
@@ -19,15 +21,19 @@ match the single-device run to float rounding (the gradient sum over ``data``
 adds in another order); a sync puts both on the same pool values as long as
 the ranks agree.
 
-Without ``--mesh`` the CLI trains on every local device, data parallel
-(``data=<local device count>``), when the batch divides; ``--mesh none``
+Without ``--mesh`` the CLI trains on every device (:func:`default_spec`):
+the batch over ``data = gcd(batch size, device count)`` devices and the
+kernels over the rest, ``model = device count // data`` (a batch of 32 on 8
+TPU cores: ``data=8``; a batch of 50: ``data=2,model=4``); ``--mesh none``
 keeps one device. On several processes (``--num-processes``,
 ``--distributed``) the mesh spans every device of every process, and each
-process supplies only its own rows of each batch (:meth:`MeshPlan.batch_indices`).
+process supplies only its own rows of each batch
+(:meth:`MeshPlan.batch_indices`).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -91,25 +97,26 @@ def check_fit(spec: str, batch_size: int | None, num_devices: int,
   return sizes
 
 
-def default_spec(batch_size: int, num_devices: int,
-                 num_processes: int = 1) -> str | None:
-  """``data=<every device>`` when the batch divides, else None (one device).
+def default_spec(batch_size: int, num_devices: int) -> str | None:
+  """The mesh of a run without ``--mesh``: every device, None on one.
 
-  On several processes there is no one-device fallback: a batch that does
-  not divide is a ``MeshError``.
+  The batch goes over ``data = gcd(batch_size, num_devices)`` devices and
+  the kernels over the rest, ``model = num_devices // data``, so that every
+  device trains whatever the batch size. On several processes the same rule
+  spans every device of every process.
 
-  >>> default_spec(32, 8), default_spec(50, 8), default_spec(50, 1)
-  ('data=8', None, None)
+  >>> default_spec(32, 8), default_spec(50, 8), default_spec(7, 4)
+  ('data=8', 'data=2,model=4', 'model=4')
+  >>> default_spec(50, 1) is None
+  True
   """
   if num_devices == 1:
     return None
-  if batch_size % num_devices:
-    if num_processes > 1:
-      raise MeshError(f'--batch-size {batch_size} must be a multiple of the '
-                      f'{num_devices} devices of {num_processes} processes '
-                      '(or give --mesh)')
-    return None
-  return f'data={num_devices}'
+  data = math.gcd(batch_size, num_devices)
+  model = num_devices // data
+  sizes = dict(data=data, model=model)
+  return ','.join(f'{name}={size}' for name, size in sizes.items()
+                  if size > 1)
 
 
 def global_array(value: Any, sharding: NamedSharding) -> jax.Array:

@@ -55,6 +55,55 @@ class ChunkOutput(NamedTuple):
   synced: bool
 
 
+class OutputShardings:
+  """Where each program puts its outputs on a mesh (the compiler's choice
+  without one).
+
+  A compiled program accepts only arguments laid out as the ones it was
+  compiled for. The evaluation receives params from several programs (a
+  chunk's carry, the params just before a sync, the exact params), so every
+  program returns params, batch statistics and optimizer state in the plan's
+  layout (``MeshPlan.shardings``: the output axis on ``model`` where it
+  divides, else replicated) and its metrics replicated. Left to the
+  compiler, a leaf the plan replicates (a final Dense kernel ``(100, 10)``
+  on ``model=4``) can come out split over another axis, and the evaluation
+  compiled for one layout then rejects the other
+  (``tests/test_experiments_mesh.py`` runs ``--mesh model=4`` with
+  ``--track-syncs``, which evaluates the params just before each sync).
+
+  >>> from experiments.mesh import MeshPlan
+  >>> params = {'kernel': jnp.zeros((4, 3))}
+  >>> outputs = OutputShardings(MeshPlan('data=1'), optax.adam(0.1), params, {})
+  >>> _, _, exact = outputs.of_program['evaluate_exact']
+  >>> exact['kernel'].spec
+  P(None, 'model')
+  >>> evaluate = outputs.jit('evaluate', lambda x: (x.sum(), x.max()))
+  >>> [float(v) for v in evaluate(jnp.arange(3.0))]
+  [3.0, 2.0]
+  """
+
+  def __init__(self, mesh: Any, tx: optax.GradientTransformation,
+               params: Any, batch_stats: Any) -> None:
+    self.of_program: dict[str, Any] = {}
+    if mesh is None:
+      return
+    on_params, metric = mesh.shardings(params), mesh.replicated
+    carry = TrainCarry(on_params, mesh.shardings(batch_stats),
+                       mesh.shardings(jax.eval_shape(tx.init, params)))
+    self.of_program = dict(
+        chunk=(carry, metric, on_params, metric),
+        single_step=(carry, metric, metric),
+        sync_step=(carry, metric, on_params),
+        evaluate=(metric, metric),
+        evaluate_exact=(metric, metric, on_params))
+
+  def jit(self, name: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+    """``jax.jit(fn, **kwargs)``, its outputs pinned on a mesh."""
+    if name in self.of_program:
+      kwargs['out_shardings'] = self.of_program[name]
+    return jax.jit(fn, **kwargs)
+
+
 class Programs:
   """Compiles each program once per key and times compilation apart.
 
@@ -211,11 +260,12 @@ class Steps:
     # The chunk's carry is donated: the loop replaces it by the chunk's
     # output, and XLA updates params and optimizer state in place instead of
     # copying them in on every call.
-    self._chunk = jax.jit(chunk, donate_argnums=0)
-    self._single_step = jax.jit(single_step)
-    self._sync_step = jax.jit(sync_step)
-    self._evaluate, self._evaluate_exact = (jax.jit(evaluate),
-                                            jax.jit(evaluate_exact))
+    outputs = OutputShardings(mesh, tx, params, batch_stats)
+    self._chunk = outputs.jit('chunk', chunk, donate_argnums=0)
+    self._single_step = outputs.jit('single_step', single_step)
+    self._sync_step = outputs.jit('sync_step', sync_step)
+    self._evaluate = outputs.jit('evaluate', evaluate)
+    self._evaluate_exact = outputs.jit('evaluate_exact', evaluate_exact)
 
   @property
   def compile_time_s(self) -> float:

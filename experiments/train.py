@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--mesh', default=None, metavar='data=D[,model=M]',
                       help='train on D*M devices: the batch split over data, '
                       'kernels split over their output axis on model '
-                      '(default: data=<every device> when the batch '
-                      'divides; "none": one device)')
+                      '(default: every device, data=gcd(batch size, '
+                      'devices) and model the rest; "none": one device)')
   add_process_args(parser)
   parser.add_argument('--no-compile-cache', action='store_true',
                       help="do not use JAX's persistent compilation cache "
@@ -97,8 +97,7 @@ def launch(args: argparse.Namespace, argv: list[str]) -> int:
         raise mesh_lib.MeshError(f'--mesh none trains on one device; '
                                  f'{num} x {per} devices were asked for')
     else:
-      spec = args.mesh or mesh_lib.default_spec(args.batch_size, num * per,
-                                                num)
+      spec = args.mesh or mesh_lib.default_spec(args.batch_size, num * per)
       if spec is not None:
         mesh_lib.check_fit(spec, args.batch_size, num * per, num)
   except mesh_lib.MeshError as e:
@@ -121,7 +120,8 @@ def join_processes(args: argparse.Namespace) -> None:
 
 
 def mesh_plan(args: argparse.Namespace) -> mesh_lib.MeshPlan | None:
-  """``--mesh``, or every device when the batch divides; None: one device."""
+  """``--mesh``, else every device (``mesh.default_spec``); None: one
+  device."""
   if args.mesh == 'none':
     if jax.process_count() > 1:
       cli.fail('--mesh none trains on one device, not on several processes')
@@ -129,20 +129,16 @@ def mesh_plan(args: argparse.Namespace) -> mesh_lib.MeshPlan | None:
   try:
     if args.mesh:
       return mesh_lib.MeshPlan(args.mesh, args.batch_size)
-    spec = mesh_lib.default_spec(args.batch_size, jax.device_count(),
-                                 jax.process_count())
+    spec = mesh_lib.default_spec(args.batch_size, jax.device_count())
     if spec is None:
-      if jax.device_count() > 1 and jax.process_index() == 0:
-        print(f'training on one of {jax.device_count()} devices: '
-              f'--batch-size {args.batch_size} does not divide over them '
-              '(give --mesh)', flush=True)
       return None
     plan = mesh_lib.MeshPlan(spec, args.batch_size, chosen='default')
   except mesh_lib.MeshError as e:
     cli.fail(str(e))
   if jax.process_index() == 0:
-    print(f'training data parallel on every device: --mesh {spec} '
-          '(--mesh none: one device)', flush=True)
+    print(f'training on all {jax.device_count()} devices: --mesh {spec} '
+          '(the batch over data, kernels over model; --mesh none: one '
+          'device)', flush=True)
   return plan
 
 

@@ -120,8 +120,8 @@ def test_resume_across_processes_is_bit_identical(runs):
 @pytest.mark.parametrize('flags, message', [
     (['--mesh', 'data=8'], "--mesh 'data=8' needs 8 devices; 4 available"),
     (['--mesh', 'data=2'], "uses 2 devices; on 2 processes it must use all 4"),
-    (['--batch-size', '30'], ('--batch-size 30 must be a multiple of the 4 '
-     'devices of 2 processes')),
+    (['--mesh', 'data=4', '--batch-size', '30'],
+     '--batch-size 30 must be a multiple of the data axis (4)'),
     (['--mesh', 'none'], '--mesh none trains on one device'),
 ])
 def test_layout_that_does_not_fit_fails_before_any_process_starts(
