@@ -11,10 +11,12 @@ bit-identity across processes.
 import json
 import os
 import pathlib
+import queue
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -159,6 +161,28 @@ def _process_id_of(pid):
   return int(args[args.index(b'--process-id') + 1])
 
 
+def _read_lines(stream):
+  """A queue of the lines of ``stream`` as they come (None at its end)."""
+  lines = queue.Queue()
+
+  def read():
+    for line in stream:
+      lines.put(line)
+    lines.put(None)
+  threading.Thread(target=read, daemon=True).start()
+  return lines
+
+
+def _wait_for(lines, text, timeout_s):
+  """Waits for a line of ``lines`` (a :func:`_read_lines` queue) that
+  contains ``text``."""
+  deadline, seen = time.monotonic() + timeout_s, []
+  while not seen or text not in seen[-1]:
+    line = lines.get(timeout=max(deadline - time.monotonic(), 0))
+    assert line is not None, ''.join(seen)[-3000:]
+    seen.append(line)
+
+
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='/proc')
 def test_killed_process_ends_the_run_with_a_clear_error(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
@@ -167,20 +191,20 @@ def test_killed_process_ends_the_run_with_a_clear_error(tmp_path):
        '100000', '--epochs', '1000', '--num-processes', '2', '--out', str(tmp_path)],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True)
+  out, errors = _read_lines(launcher.stdout), _read_lines(launcher.stderr)
   try:
-    deadline = time.monotonic() + 60
-    children = []
-    while len(children) < 2 and time.monotonic() < deadline:
-      time.sleep(0.2)
-      children = _children(launcher.pid)
-    assert len(children) == 2, 'the processes did not start'
-    time.sleep(8)  # well into jax.distributed and compilation
+    # Process 0 prints its mesh once jax.distributed has joined both: the
+    # processes are past it and on to the data and the compilation.
+    _wait_for(out, 'training data parallel', timeout_s=120)
+    children = _children(launcher.pid)
+    assert len(children) == 2, children
     victim = next(c for c in children if _process_id_of(c) == 1)
     os.kill(victim, signal.SIGKILL)
-    _, err = launcher.communicate(timeout=30)
+    launcher.wait(timeout=30)
   finally:
     if launcher.poll() is None:
       launcher.kill()
+  err = ''.join(iter(lambda: errors.get(timeout=30), None))
   assert launcher.returncode == 1, err[-3000:]
   assert 'error: process 1 exited with -9; the others were stopped.' in err
   assert not any(pathlib.Path(f'/proc/{c}').exists() for c in children)
