@@ -183,28 +183,34 @@ def _wait_for(lines, text, timeout_s):
     seen.append(line)
 
 
+def _text(lines):
+  """Everything left in ``lines`` (a :func:`_read_lines` queue), to its end."""
+  return ''.join(iter(lambda: lines.get(timeout=30), None))
+
+
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='/proc')
 def test_killed_process_ends_the_run_with_a_clear_error(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  launcher = subprocess.Popen(
+  with subprocess.Popen(
       [sys.executable, '-m', 'experiments.train', *RUN[:-4], '--max-steps',
        '100000', '--epochs', '1000', '--num-processes', '2', '--out', str(tmp_path)],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True)
-  out, errors = _read_lines(launcher.stdout), _read_lines(launcher.stderr)
-  try:
-    # Process 0 prints its mesh once jax.distributed has joined both: the
-    # processes are past it and on to the data and the compilation.
-    _wait_for(out, 'training data parallel', timeout_s=120)
-    children = _children(launcher.pid)
-    assert len(children) == 2, children
-    victim = next(c for c in children if _process_id_of(c) == 1)
-    os.kill(victim, signal.SIGKILL)
-    launcher.wait(timeout=30)
-  finally:
-    if launcher.poll() is None:
-      launcher.kill()
-  err = ''.join(iter(lambda: errors.get(timeout=30), None))
+      text=True) as launcher:
+    out, errors = _read_lines(launcher.stdout), _read_lines(launcher.stderr)
+    try:
+      # Process 0 prints its mesh once jax.distributed has joined both: the
+      # processes are past it and on to the data and the compilation.
+      _wait_for(out, 'training data parallel', timeout_s=120)
+      children = _children(launcher.pid)
+      assert len(children) == 2, children
+      victim = next(c for c in children if _process_id_of(c) == 1)
+      os.kill(victim, signal.SIGKILL)
+      launcher.wait(timeout=30)
+    finally:
+      if launcher.poll() is None:
+        launcher.kill()
+      err = _text(errors)
+      _text(out)  # both pipes read to their end before they close
   assert launcher.returncode == 1, err[-3000:]
   assert 'error: process 1 exited with -9; the others were stopped.' in err
   assert not any(pathlib.Path(f'/proc/{c}').exists() for c in children)
