@@ -18,6 +18,7 @@ os.environ['LAPERM_JAX_COMPILE_CACHE'] = '0'
 # Test modules whose tests share one expensive module fixture.
 SHARED_FIXTURE_MODULES = frozenset({
     'test_checkpoint.py',
+    'test_experiments_cli.py',
     'test_experiments_processes.py',
     'test_experiments_training.py',
     'test_multiprocess.py',

@@ -187,7 +187,8 @@ def test_each_baseline_trains_through_the_cli(name, tmp_path):
   pytest.importorskip('mlxtend', reason='needs the experiments extra')
   from experiments import train  # pylint: disable=import-outside-toplevel
   out = tmp_path / name
-  assert train.main(['--dataset', 'digits', '--batch-size', '32',
+  assert train.main(['--dataset', 'digits', '--model', 'f2',
+                     '--batch-size', '32',
                      '--train-subset', '320', '--test-subset', '100',
                      '--epochs', '3', '--init', 'sparse',
                      '--density', '0.3', '--first-layer-min-density', '0',
@@ -208,7 +209,8 @@ def test_sparse_laperm_records_the_connections_of_each_evaluated_sync(
   from experiments import training  # pylint: disable=import-outside-toplevel
   import laperm_jax  # pylint: disable=import-outside-toplevel
   cfg = training.RunConfig(
-      dataset='digits', batch_size=32, train_subset=320, test_subset=100,
+      model='f2', dataset='digits', batch_size=32, train_subset=320,
+      test_subset=100,
       epochs=1, k='5', init='sparse', density=0.3,
       first_layer_min_density=0.0, track_syncs=True)
   tracked = training.run(cfg, progress=False)

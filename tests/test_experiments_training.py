@@ -3,13 +3,13 @@
 import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
 from experiments import data
 from experiments import training
+from experiments.steps import Steps
 from tests.sync_bound_checks import assert_trained_params_are_a_synced_theta0
 
 DIGITS = data.load('digits')
@@ -23,9 +23,24 @@ def tiny(**overrides):
 
 
 @pytest.fixture(scope='module')
-def laperm_run():
-  return training.run(tiny(max_steps=23, eval_every=10), DIGITS,
-                      progress=False)
+def laperm_run_and_programs():
+  """A LaPerm run of 23 steps, and the programs it compiled (by key)."""
+  built = []
+
+  def steps(*args, **kwargs):
+    built.append(Steps(*args, **kwargs))
+    return built[-1]
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(training, 'Steps', steps)
+    run = training.run(tiny(max_steps=23, eval_every=10), DIGITS,
+                       progress=False)
+  (run_steps,) = built
+  return run, run_steps.programs.compiled
+
+
+@pytest.fixture(scope='module')
+def laperm_run(laperm_run_and_programs):
+  return laperm_run_and_programs[0]
 
 
 def test_evaluations_follow_syncs_and_final_is_post_sync(laperm_run):
@@ -58,8 +73,9 @@ def test_evaluations_follow_syncs_and_final_is_post_sync(laperm_run):
 
 
 def test_adam_baseline_is_the_same_pipeline(laperm_run):
-  adam = training.run(tiny(max_steps=23, eval_every=10, optimizer='adam'),
-                      DIGITS, progress=False).results
+  adam_run = training.run(tiny(max_steps=23, eval_every=10,
+                               optimizer='adam'), DIGITS, progress=False)
+  adam = adam_run.results
   # The same programs, each compiled once; LaPerm's evaluation scores the
   # exact pool values, and it evaluates raw weights only at its last step,
   # which is not a sync.
@@ -78,14 +94,23 @@ def test_adam_baseline_is_the_same_pipeline(laperm_run):
   assert adam['exact_permutation'] is False
   # Same init, same data order: identical theta_0.
   for a, b in zip(jax.tree.leaves(laperm_run.params0),
-                  jax.tree.leaves(training.Pipeline(
-                      tiny(optimizer='adam'), DIGITS).init_variables()[0])):
-    np.testing.assert_array_equal(a, np.asarray(b))
+                  jax.tree.leaves(adam_run.params0), strict=True):
+    np.testing.assert_array_equal(a, b)
 
 
-def test_sparse_init_keeps_the_zero_count():
-  run = training.run(tiny(init='sparse', density=0.3, max_steps=10),
-                     DIGITS, progress=False)
+@pytest.fixture(scope='module')
+def stopped_sparse_run():
+  """Sparse LaPerm on F2 stopped by a time limit of 0 s: the run stops after
+  its first evaluation point, which for LaPerm is right after a sync (step
+  10), so the final model is still exact. The sparse set-up and the time
+  limit are each read by their own test."""
+  return training.run(tiny(model='f2', init='sparse', density=0.3,
+                           max_steps=20, eval_every=10, time_limit_s=0.0),
+                      DIGITS, progress=False)
+
+
+def test_sparse_init_keeps_the_zero_count(stopped_sparse_run):
+  run = stopped_sparse_run
   res = run.results
   kernels = [(p, q) for p, q, f in zip(jax.tree.leaves(run.params0),
                                        jax.tree.leaves(run.params_final),
@@ -102,7 +127,7 @@ def test_sparse_init_keeps_the_zero_count():
 
 
 def test_shared_init_values_and_sync_tracking():
-  run = training.run(tiny(init='shared', density=[0.5, 0.2, 0.4],
+  run = training.run(tiny(model='f2', init='shared', density=[0.5, 0.2, 0.4],
                           shared_value=0.05, max_steps=15, track_syncs=True),
                      DIGITS, progress=False)
   for p, f in zip(jax.tree.leaves(run.params_final),
@@ -153,11 +178,8 @@ def test_paper_presets_take_a_few_steps_on_fake_data(preset, tmp_path):
   assert np.isfinite(run.results['history'][-1]['test_loss'])
 
 
-def test_time_limit_stops_at_an_evaluation_and_says_where():
-  # A limit of 0 s: the run stops after its first evaluation point, which
-  # for LaPerm is right after a sync, so the final model is still exact.
-  run = training.run(tiny(max_steps=23, eval_every=10, time_limit_s=0.0),
-                     DIGITS, progress=False)
+def test_time_limit_stops_at_an_evaluation_and_says_where(stopped_sparse_run):
+  run = stopped_sparse_run
   res = run.results
   assert [h['step'] for h in res['history']] == [10]
   assert res['stopped_early']['at_step'] == 10
@@ -174,8 +196,8 @@ def test_a_registry_entry_is_a_new_optimizer(monkeypatch):
     return optimizers.BuiltOptimizer(inner, inner)
   monkeypatch.setitem(optimizers.OPTIMIZERS, 'plain_sgd',
                       optimizers.OptimizerEntry(plain_sgd, reconnects=False))
-  run = training.run(tiny(optimizer='plain_sgd', max_steps=3, eval_every=3,
-                          k='3'), DIGITS, progress=False)
+  run = training.run(tiny(model='f2', optimizer='plain_sgd', max_steps=3,
+                          eval_every=3, k='3'), DIGITS, progress=False)
   res = run.results
   assert built == [3]  # the entry's builder made the run's optimizer
   assert res['config']['optimizer'] == 'plain_sgd'
@@ -201,19 +223,15 @@ def loop_body_copies(hlo: str, shapes) -> list[str]:
   return found
 
 
-def test_the_training_chunk_copies_no_kernel_per_step_and_is_donated():
+def test_the_training_chunk_copies_no_kernel_per_step_and_is_donated(
+    laperm_run_and_programs):
   # A kernel-sized copy in the scan's loop body runs on every step; an
-  # undonated carry is copied in on every call.
-  pipe = training.Pipeline(tiny(), DIGITS)
-  params, batch_stats, mask = pipe.init_variables()
-  inner, tx = pipe.make_optimizer(params, mask)
-  steps = training.Steps(pipe, tx, inner, params, batch_stats)
-  carry = training.TrainCarry(params, batch_stats, tx.init(params))
-  hlo = steps._chunk.lower(  # pylint: disable=protected-access
-      carry, jnp.asarray(pipe.batch_indices(0, 3)),
-      jnp.arange(1, 4, dtype=jnp.int32), pipe.x_train,
-      pipe.y_train).compile().as_text()
-  assert re.search(r'body=', hlo)  # the steps before the last: a loop
-  kernels = {np.shape(p) for p in jax.tree.leaves(params) if np.ndim(p) > 1}
-  assert not loop_body_copies(hlo, kernels)
-  assert 'input_output_alias' in hlo.splitlines()[0]  # the carry is donated
+  # undonated carry is copied in on every call. The chunks the run compiled:
+  run, programs = laperm_run_and_programs
+  kernels = {np.shape(p) for p in jax.tree.leaves(run.params0)
+             if np.ndim(p) > 1}
+  for key in (('chunk', 10), ('chunk', 3)):
+    hlo = programs[key].as_text()
+    assert re.search(r'body=', hlo), key  # the steps before the last: a loop
+    assert not loop_body_copies(hlo, kernels), key
+    assert 'input_output_alias' in hlo.splitlines()[0], key  # donated carry
