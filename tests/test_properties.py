@@ -27,8 +27,9 @@ import laperm_jax
 from tests import determinism_checks
 from tests import reference
 
+# The number of examples comes from the hypothesis profile (conftest.py).
 SETTINGS = hypothesis.settings(
-    max_examples=25, deadline=None, derandomize=True, database=None,
+    deadline=None, derandomize=True, database=None,
     suppress_health_check=[hypothesis.HealthCheck.too_slow])
 
 SHAPES = ((7,), (4, 3), (2, 3, 4), (3, 1, 2, 2))
