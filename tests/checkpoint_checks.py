@@ -46,8 +46,8 @@ def make_step(tx):
   return step
 
 
-def train(tx, params, state, first, last):
-  step = make_step(tx)
+def train(step, params, state, first, last):
+  """Steps ``first`` to ``last`` of ``step`` (a :func:`make_step`)."""
   for index in range(first, last):
     params, state = step(params, state, jnp.int32(index))
   return params, state
@@ -87,7 +87,8 @@ def resume(directory, out_path):
   assert isinstance(state.inner_state[0], optax.ScaleByAdamState)
   assert isinstance(state.pool['dense']['bias'], optax.MaskedNode)
   assert int(state.count) == SAVE_AFTER
-  params, state = train(tx, params, state, SAVE_AFTER, TOTAL_STEPS)
+  params, state = train(make_step(tx), params, state, SAVE_AFTER,
+                        TOTAL_STEPS)
   np.savez(out_path, **flat(params, state))
 
 

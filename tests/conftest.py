@@ -1,6 +1,11 @@
-"""Suite-wide settings: no user compilation cache, and how xdist shares work.
+"""Suite-wide settings: no user compilation cache, hypothesis profiles, and
+how xdist shares work.
 
 The suite never writes to the user's compilation cache (nor reads it).
+
+Property tests take their number of examples from a hypothesis profile:
+'default' (10 examples) or 'thorough' (25, what CI runs), chosen by the
+HYPOTHESIS_PROFILE environment variable.
 
 Some modules run one expensive module fixture (a subprocess launch, a
 training run) that all their tests read. pytest-xdist must send such a module
@@ -11,17 +16,25 @@ every other test on its own.
 
 import os
 
+import hypothesis
 import pytest
 
 os.environ['LAPERM_JAX_COMPILE_CACHE'] = '0'
 
+hypothesis.settings.register_profile('default', max_examples=10)
+hypothesis.settings.register_profile('thorough', max_examples=25)
+hypothesis.settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE',
+                                                'default'))
+
 # Test modules whose tests share one expensive module fixture.
 SHARED_FIXTURE_MODULES = frozenset({
     'test_checkpoint.py',
+    'test_docs.py',
     'test_experiments_cli.py',
     'test_experiments_processes.py',
     'test_experiments_training.py',
     'test_multiprocess.py',
+    'test_readme.py',
     'test_sharding.py',
 })
 

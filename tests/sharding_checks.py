@@ -3,8 +3,11 @@
 Needs 8 devices, e.g. ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
 set before JAX starts, which is why it is a separate process. Prints one JSON
 object: check name -> details; ``test_sharding.py`` asserts on each.
+``--checks a,b`` runs only the named checks.
 """
 
+import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -46,12 +49,14 @@ def grads_at(params, step):
 def run(params, tx):
   """STEPS jitted updates; returns (params, state, compiled update text).
 
-  The updates run the very program whose text is returned (compiled once).
+  The first update runs the program whose text is returned: jit reuses the
+  executable that ``lower(...).compile()`` built. Under an Auto mesh the
+  compiler may choose output shardings other than the inputs', and jit
+  compiles for those on the next step; a bare ``Compiled`` would refuse them.
   """
   state = jax.jit(tx.init)(params)
-  update = jax.jit(tx.update).lower(grads_at(params, 0), state,
-                                    params).compile()
-  hlo = update.as_text()
+  update = jax.jit(tx.update)
+  hlo = update.lower(grads_at(params, 0), state, params).compile().as_text()
   for step in range(STEPS):
     updates, state = update(grads_at(params, step), state, params)
     params = optax.apply_updates(params, updates)
@@ -64,6 +69,8 @@ def spec_of(x):
 
 
 def mesh_check(axis_type, specs, reference):
+  """Runs on a 4 x 2 mesh; ``reference`` is the single-device
+  (params, state, eager reconnect)."""
   mesh = jax.make_mesh((4, 2), ('x', 'y'), axis_types=(axis_type,) * 2)
   shardings = {k: NamedSharding(mesh, spec) for k, spec in specs.items()}
   params = jax.device_put(make_params(), shardings)
@@ -86,8 +93,8 @@ def mesh_check(axis_type, specs, reference):
                       if not isinstance(v, optax.MaskedNode)},
       'eager_reconnect_specs': {k: str(v.sharding.spec)
                                 for k, v in eager.items()},
-      'eager_equal': all(np.array_equal(eager[k], laperm_jax.reconnect(
-          reference[0], reference[1].pool)[k]) for k in eager),
+      'eager_equal': all(np.array_equal(eager[k], reference[2][k])
+                         for k in eager),
       'collectives': sorted({m.group(1) for m in COLLECTIVES.finditer(hlo)}),
   }
 
@@ -189,52 +196,83 @@ def example_check(model):
                       '--sync-period', '4', '--batch', '32'])
 
 
-def main():
-  assert jax.device_count() == 8, jax.devices()
-  single = jax.devices()[0]
-  tx = laperm_jax.laperm(optax.adam(0.1), sync_period=2)
-  out, state, _ = run(jax.device_put(make_params(), single), tx)
-  reference = (out, state)
-  layouts = {
-      'out_axis': {'dense': P(None, 'x'), 'conv': P(None, None, None, 'x'),
-                   'bias': P('x')},
-      'fan_in': {'dense': P('x', None), 'conv': P(None, None, 'x', None),
-                 'bias': P()},
-      '2d': {'dense': P('x', 'y'), 'conv': P(None, None, 'x', 'y'),
-             'bias': P('y')},
-  }
-  results = {}
-  for axis_type in (AxisType.Explicit, AxisType.Auto):
-    for name, specs in layouts.items():
-      if axis_type == AxisType.Auto and name == '2d':
-        continue
-      results[f'{axis_type.name.lower()}_{name}'] = mesh_check(
-          axis_type, specs, reference)
-  # Under Auto the compiler partitions the sort kernel itself: every variant
-  # (scatter or co-sort) must stay local for output-axis-sharded kernels.
-  for variant in ('packed_cosort', 'keyed', 'keyed_cosort'):
-    os.environ['LAPERM_JAX_RECONNECT_VARIANT'] = variant
-    results[f'auto_out_axis_{variant}'] = mesh_check(
-        AxisType.Auto, layouts['out_axis'], reference)
-  del os.environ['LAPERM_JAX_RECONNECT_VARIANT']
-  # Large leaves run in row blocks on CPU (a loop): shrink the block size so
-  # that these small kernels take that path, under both mesh types.
+LAYOUTS = {
+    'out_axis': {'dense': P(None, 'x'), 'conv': P(None, None, None, 'x'),
+                 'bias': P('x')},
+    'fan_in': {'dense': P('x', None), 'conv': P(None, None, 'x', None),
+               'bias': P()},
+    '2d': {'dense': P('x', 'y'), 'conv': P(None, None, 'x', 'y'),
+           'bias': P('y')},
+}
+
+
+def variant_check(variant, reference):
+  """An Auto-mesh output-axis check with the sort kernel forced to ``variant``.
+
+  Under Auto the compiler partitions the sort kernel itself: every variant
+  (scatter or co-sort) must stay local for output-axis-sharded kernels.
+  """
+  os.environ['LAPERM_JAX_RECONNECT_VARIANT'] = variant
+  try:
+    return mesh_check(AxisType.Auto, LAYOUTS['out_axis'], reference)
+  finally:
+    del os.environ['LAPERM_JAX_RECONNECT_VARIANT']
+
+
+def blocked_check(axis_type, reference):
+  """An output-axis check with the kernels synced in row blocks.
+
+  Large leaves run in row blocks on CPU (a loop): a smaller block size makes
+  these small kernels take that path.
+  """
   block_elements = ranking.CPU_BLOCK_ELEMENTS
   ranking.CPU_BLOCK_ELEMENTS = 144
   try:
     # The conv kernel's 8 vectors of 36: 2 blocks of 4 rows (a multiple of
     # the 4 devices its output axis is split over).
     assert ranking.block_rows(8, 36, ranking.CPU_BLOCK_ELEMENTS) == 4
-    for axis_type in (AxisType.Explicit, AxisType.Auto):
-      results[f'{axis_type.name.lower()}_out_axis_blocked'] = mesh_check(
-          axis_type, layouts['out_axis'], reference)
+    return mesh_check(axis_type, LAYOUTS['out_axis'], reference)
   finally:
     ranking.CPU_BLOCK_ELEMENTS = block_elements
-  results['nnx'] = nnx_check()
+
+
+def checkpoint_in_a_temporary_directory():
   with tempfile.TemporaryDirectory() as directory:
-    results['checkpoint'] = checkpoint_check(directory)
-  results['example'] = example_check(model=2)  # data x model parallel
-  results['data_parallel'] = example_check(model=1)  # params replicated
+    return checkpoint_check(directory)
+
+
+def checks():
+  """Check name -> function of the single-device reference run."""
+  named = {}
+  for axis_type in (AxisType.Explicit, AxisType.Auto):
+    for layout, specs in LAYOUTS.items():
+      if not (axis_type == AxisType.Auto and layout == '2d'):
+        named[f'{axis_type.name.lower()}_{layout}'] = functools.partial(
+            mesh_check, axis_type, specs)
+    named[f'{axis_type.name.lower()}_out_axis_blocked'] = functools.partial(
+        blocked_check, axis_type)
+  for variant in ('packed_cosort', 'keyed', 'keyed_cosort'):
+    named[f'auto_out_axis_{variant}'] = functools.partial(variant_check,
+                                                          variant)
+  named['nnx'] = lambda reference: nnx_check()
+  named['checkpoint'] = lambda reference: checkpoint_in_a_temporary_directory()
+  # data x model parallel, and data parallel with params replicated
+  named['example'] = lambda reference: example_check(model=2)
+  named['data_parallel'] = lambda reference: example_check(model=1)
+  return named
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--checks', default=','.join(checks()),
+                      help='comma-separated check names (default: all)')
+  names = parser.parse_args(argv).checks.split(',')
+  assert jax.device_count() == 8, jax.devices()
+  tx = laperm_jax.laperm(optax.adam(0.1), sync_period=2)
+  out, state, _ = run(jax.device_put(make_params(), jax.devices()[0]), tx)
+  reference = (out, state, laperm_jax.reconnect(out, state.pool))
+  named = checks()
+  results = {name: named[name](reference) for name in names}
   print('RESULTS ' + json.dumps(results, default=str))
 
 

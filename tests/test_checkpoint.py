@@ -24,10 +24,11 @@ def saved(tmp_path_factory):
   tx = run.make_tx()
   params = run.make_params()
   state = tx.init(params)
-  mid_params, mid_state = run.train(tx, params, state, 0, run.SAVE_AFTER)
+  step = run.make_step(tx)  # one compiled step for the whole run
+  mid_params, mid_state = run.train(step, params, state, 0, run.SAVE_AFTER)
   assert 0 < int(mid_state.steps_since_sync) < run.SYNC_PERIOD - 1 + 1
   run.save(directory, mid_params, mid_state)
-  final = run.train(tx, mid_params, mid_state, run.SAVE_AFTER,
+  final = run.train(step, mid_params, mid_state, run.SAVE_AFTER,
                     run.TOTAL_STEPS)
   return directory, run.flat(*final), (mid_params, mid_state)
 

@@ -1,13 +1,18 @@
-"""The Python examples on the docs pages (docs/**/*.md) run as written."""
+"""The Python examples on the docs pages (docs/**/*.md) run as written.
+
+The pages include the README's examples; those run in ``test_readme.py``,
+once. Here run the examples of the docs alone, each once per module: the
+tests that check what an example built read its namespace.
+"""
 
 import pathlib
 import re
 
 import jax
-import jax.numpy as jnp
 import pytest
 
 import laperm_jax
+from tests import test_readme
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / 'docs'
 INCLUDE = re.compile(r'```\{include\} (\S+)\n((?::[\w-]+:.*\n)*)```')
@@ -30,49 +35,40 @@ SNIPPETS = [(str(page.relative_to(DOCS)), index, code)
             for page in sorted(DOCS.rglob('*.md'))
             for index, code in enumerate(
                 re.findall(r'```python\n(.*?)```', rendered_text(page), re.DOTALL))]
+CODE = {(page, index): code for page, index, code in SNIPPETS}
+DOCS_ONLY = [(page, index, code) for page, index, code in SNIPPETS
+             if code not in test_readme.SNIPPETS]
 
 
-def _run(code, name):
-  namespace = {}
-  exec(compile(code, name, 'exec'), namespace)  # pylint: disable=exec-used
-  return namespace
+@pytest.fixture(scope='module')
+def namespaces():
+  """``(page, index) -> namespace`` of that example, run on first use."""
+  cache = {}
+
+  def run(page, index):
+    if (page, index) not in cache:
+      cache[page, index] = test_readme.run(CODE[page, index],
+                                           f'docs/{page} snippet {index}')
+    return cache[page, index]
+  return run
 
 
-@pytest.mark.parametrize('page, index, code', SNIPPETS,
-                         ids=[f'{p}:{i}' for p, i, _ in SNIPPETS])
-def test_docs_snippet_runs(page, index, code):
-  _run(code, f'docs/{page} snippet {index}')
+@pytest.mark.parametrize('page, index', [(p, i) for p, i, _ in DOCS_ONLY],
+                         ids=[f'{p}:{i}' for p, i, _ in DOCS_ONLY])
+def test_docs_snippet_runs(namespaces, page, index):
+  namespaces(page, index)
 
 
-def _snippet(needle):
-  found = [(p, i, c) for p, i, c in SNIPPETS if needle in c]
-  assert len(found) == 1, f'one docs example uses {needle}, found {len(found)}'
-  return found[0]
-
-
-def test_linen_example_trains_one_step_and_exports_exact_values():
-  page, index, code = _snippet('train_state.TrainState.create')
-  ns = _run(code, f'docs/{page} snippet {index}')
+def test_linen_example_trains_one_step_and_exports_exact_values(namespaces):
+  found = [(p, i) for p, i, c in DOCS_ONLY
+           if 'train_state.TrainState.create' in c]
+  assert len(found) == 1, f'one docs example uses TrainState, found {found}'
+  ns = namespaces(*found[0])
   state = ns['state']
   assert int(state.step) == 1
   assert int(state.opt_state.count) == 1
   pool = state.opt_state.pool
   assert all(jax.tree.leaves(laperm_jax.is_permutation_of_pool(ns['exact'], pool)))
-
-
-def test_equinox_example_sorts_rows_of_out_in_weights():
-  page, index, code = _snippet('eqx.partition')
-  ns = _run(code, f'docs/{page} snippet {index}')
-  state = ns['opt_state']
-  assert int(state.count) == 1
-  pools = [leaf for leaf in jax.tree.leaves(state.pool) if leaf.ndim >= 2]
-  weights = [layer.weight for layer in ns['model'].layers
-             if hasattr(layer, 'weight')]
-  assert [p.shape for p in pools] == [w.shape for w in weights]  # (out, ...)
-  for pool in pools:  # one vector per output unit: all axes but the first
-    rows = pool.reshape(pool.shape[0], -1)
-    assert bool(jnp.all(jnp.diff(rows, axis=-1) >= 0))
-    assert not bool(jnp.all(jnp.diff(rows, axis=0) >= 0))
 
 
 def test_every_section_title_appears_once_per_page():

@@ -365,9 +365,10 @@ def test_multisteps_counts_accumulated_steps():
   every = 2
   tx = optax.MultiSteps(laperm(optax.sgd(0.1), 2), every_k_schedule=every)
   state = tx.init(PARAMS)
+  update = jax.jit(tx.update)  # one program for the eight micro-steps
   params = PARAMS
   for micro in range(1, 9):
-    updates, state = tx.update(grads_like(params), state, params)
+    updates, state = update(grads_like(params), state, params)
     params = optax.apply_updates(params, updates)
     inner = state.inner_opt_state
     assert int(inner.count) == micro // every

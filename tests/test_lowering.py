@@ -42,7 +42,7 @@ def signature(text: str) -> dict:
 def test_update_reconnect_and_pool_lower_for_every_platform(dtype):
   params = make_params(dtype)
   tx = laperm_jax.laperm(optax.adam(1e-3), 2)
-  state = tx.init(params)
+  state = jax.eval_shape(tx.init, params)  # lowered only: shapes suffice
   functions = {
       'update': (lambda g, s, p: tx.update(g, s, p), (params, state, params)),
       'reconnect': (laperm_jax.reconnect, (params, state.pool)),
@@ -60,28 +60,10 @@ def test_tpu_branch_uses_no_64_bit_integers(dtype):
   # any float width and vector length.
   params = make_params(dtype)
   tx = laperm_jax.laperm(optax.adam(1e-3), 2)
-  state = tx.init(params)
+  state = jax.eval_shape(tx.init, params)
   exported = export.export(jax.jit(tx.update), platforms=('tpu',))(
       params, state, params)
   assert not signature(exported.mlir_module())['int64']
-
-
-@pytest.mark.parametrize('platform', PLATFORMS)
-def test_each_platform_runs_its_documented_variant(platform):
-  rows = jnp.zeros((4, 300), jnp.float32)
-
-  def lowered(variant):
-    fn = jax.jit(lambda c, p: ranking.reconnect_rows(c, p, variant=variant))
-    return signature(export.export(fn, platforms=(platform,))(
-        rows, rows).mlir_module())
-
-  by_variant = {variant: lowered(variant) for variant in ranking.VARIANTS}
-  # The variants are told apart by these counts (else the test proves
-  # nothing) ...
-  assert len({tuple(s.values()) for s in by_variant.values()}) == len(
-      ranking.VARIANTS)
-  # ... and the automatic choice is the documented one.
-  assert lowered(None) == by_variant[ranking.VARIANT_BY_PLATFORM[platform]]
 
 
 @pytest.mark.parametrize('platform', PLATFORMS)
@@ -133,6 +115,8 @@ def test_the_automatic_variant_is_the_documented_one(platform):
                 for variant in ranking.VARIANTS}
   assert len({tuple(s.values()) for s in by_variant.values()}) == len(
       ranking.VARIANTS)
+  # The library's table is the documented one, and it is what runs.
+  assert ranking.VARIANT_BY_PLATFORM[platform] == DOCUMENTED_VARIANT[platform]
   assert lowered_reconnect_rows(platform, None) == by_variant[
       DOCUMENTED_VARIANT[platform]]
 
@@ -149,7 +133,7 @@ def test_reconnect_variant_argument_chooses_the_sort(monkeypatch):
   for variant in ranking.VARIANTS:
     want = lowered_reconnect_rows('cpu', variant)
     tx = laperm_jax.laperm(optax.adam(1e-3), 2, reconnect_variant=variant)
-    state = tx.init(params)
+    state = jax.eval_shape(tx.init, params)
     assert lowered(tx.update, params, state, params) == want, variant
     assert lowered(lambda p, s, v=variant: laperm_jax.reconnect(
         p, s, variant=v), params, state.pool) == want, variant

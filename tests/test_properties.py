@@ -22,13 +22,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import laperm_jax
 from tests import determinism_checks
 from tests import reference
 
+# The number of examples comes from the hypothesis profile (conftest.py).
 SETTINGS = hypothesis.settings(
-    max_examples=25, deadline=None, derandomize=True, database=None,
+    deadline=None, derandomize=True, database=None,
     suppress_health_check=[hypothesis.HealthCheck.too_slow])
 
 SHAPES = ((7,), (4, 3), (2, 3, 4), (3, 1, 2, 2))
@@ -194,6 +196,9 @@ def test_sync_through_apply_updates_is_within_the_documented_bound(tree_spec):
     np.testing.assert_array_equal(w64[exact], q64[exact])
 
 
+# Heavy (two compiles per example); the fixed cases of
+# test_deterministic_across_processes check determinism in the default suite.
+@pytest.mark.slow
 @hypothesis.settings(SETTINGS, max_examples=8)
 @hypothesis.given(trees)
 def test_deterministic_within_a_process(tree_spec):

@@ -26,8 +26,9 @@ DTYPES = (np.float32, ml_dtypes.bfloat16, np.float16)
 SPECIALS = (0.0, -0.0, 1.0, -1.0, 1e-40, -1e-40, 1e-45, -3e-39, 6e-8,
             -6e-8, np.inf, -np.inf, np.nan, -np.nan, 65504.0, 3.0e38)
 
+# The number of examples comes from the hypothesis profile (conftest.py).
 SETTINGS = hypothesis.settings(
-    max_examples=10, deadline=None, derandomize=True,
+    deadline=None, derandomize=True, database=None,
     suppress_health_check=[hypothesis.HealthCheck.too_slow])
 
 

@@ -73,8 +73,9 @@ def test_shared_value_vector_escapes_where_the_paper_sync_is_stuck():
   def run(beta):
     tx = laperm_jax.laperm(optax.sgd(0.3), 2, carry_residual=beta)
     state, p, synced = tx.init(params), params, []
+    update = jax.jit(tx.update)  # one program for the six steps
     for step in range(1, 7):
-      updates, state = tx.update(grads, state, p)
+      updates, state = update(grads, state, p)
       p = optax.apply_updates(p, updates)
       if step % 2 == 0:
         synced.append(np.asarray(laperm_jax.exact_params(state, p)['w'][:, 0]))

@@ -199,10 +199,11 @@ def test_schedule_counts_from_last_sync():
   params = {'w': jnp.asarray(make_params()['dense'])}
   tx = laperm_jax.laperm(optax.sgd(0.1), schedule)
   state = tx.init(params)
+  update = jax.jit(tx.update)  # one program for the ten steps
   synced_steps = []
   for step in range(1, 11):
     grads = {'w': jnp.ones_like(params['w']) * step}
-    _, state = tx.update(grads, state, params)
+    _, state = update(grads, state, params)
     if int(state.steps_since_sync) == 0:
       synced_steps.append(step)
   # k = 2 while count < 4 (calls 1..4), then k = 3 counted from the last sync.
