@@ -200,7 +200,7 @@ def test_killed_process_ends_the_run_with_a_clear_error(tmp_path):
     try:
       # Process 0 prints its mesh once jax.distributed has joined both: the
       # processes are past it and on to the data and the compilation.
-      _wait_for(out, 'training data parallel', timeout_s=120)
+      _wait_for(out, 'training on all 2 devices', timeout_s=120)
       children = _children(launcher.pid)
       assert len(children) == 2, children
       victim = next(c for c in children if _process_id_of(c) == 1)
