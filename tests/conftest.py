@@ -15,6 +15,8 @@ every other test on its own.
 """
 
 import os
+import pathlib
+import re
 
 import hypothesis
 import pytest
@@ -26,17 +28,14 @@ hypothesis.settings.register_profile('thorough', max_examples=25)
 hypothesis.settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE',
                                                 'default'))
 
-# Test modules whose tests share one expensive module fixture.
-SHARED_FIXTURE_MODULES = frozenset({
-    'test_checkpoint.py',
-    'test_docs.py',
-    'test_experiments_cli.py',
-    'test_experiments_processes.py',
-    'test_experiments_training.py',
-    'test_multiprocess.py',
-    'test_readme.py',
-    'test_sharding.py',
-})
+def modules_sharing_a_fixture(directory: pathlib.Path) -> frozenset[str]:
+  """The test modules of ``directory`` that define a module-scoped fixture."""
+  pattern = re.compile(r"""fixture\(scope=['"]module['"]""")
+  return frozenset(path.name for path in directory.glob('test_*.py')
+                   if pattern.search(path.read_text()))
+
+
+SHARED_FIXTURE_MODULES = modules_sharing_a_fixture(pathlib.Path(__file__).parent)
 
 
 def scope_of(nodeid: str) -> str:

@@ -13,12 +13,14 @@ ocp = pytest.importorskip('orbax.checkpoint')
 from experiments import checkpointing  # pylint: disable=wrong-import-position
 from experiments import train  # pylint: disable=wrong-import-position
 
-# Syncs after steps 3, 6, 9, 12; evaluations at 6, 12, 14; checkpoints at 4,
-# 8, 12, 14. Step 8 is mid-period (between the syncs of 6 and 9) and
-# mid-interval (its losses since step 6 are pending).
+# Syncs after steps 3, 6, 9, 12, each evaluated and recorded (--track-syncs);
+# evaluations also at 14; checkpoints at 4, 8, 12, 14. Step 8 is mid-period
+# (between the syncs of 6 and 9, whose record counts the weights moved since
+# the sync of 6) and mid-interval (its losses since step 6 are pending).
 RUN = ['--dataset', 'digits', '--model', 'f1', '--batch-size', '32',
        '--k', '3', '--max-steps', '14', '--eval-every', '6',
-       '--optimizer', 'laperm', '--no-progress', '--checkpoint-every', '4']
+       '--optimizer', 'laperm', '--no-progress', '--checkpoint-every', '4',
+       '--track-syncs']
 INTERRUPT_AT = 8
 
 
@@ -79,6 +81,8 @@ def test_interrupted_mid_period_resumes_bit_identically(tmp_path, monkeypatch,
   a = json.loads((full / 'results.json').read_text())
   b = json.loads((cut / 'results.json').read_text())
   assert a['history'] == b['history']
+  assert [r['step'] for r in a['sync_records']] == [3, 6, 9, 12]
+  assert a['sync_records'] == b['sync_records']
   assert a['final_test_accuracy'] == b['final_test_accuracy']
   last_a, leaves_a = final_state(full)
   last_b, leaves_b = final_state(cut)
@@ -94,21 +98,6 @@ def test_interrupted_mid_period_resumes_bit_identically(tmp_path, monkeypatch,
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1
   assert 'another config' in err and 'lr: 0.001 -> 0.01' in err
-
-
-def test_resumed_between_syncs_records_the_uninterrupted_syncs(tmp_path,
-                                                               monkeypatch):
-  # Every sync evaluated and recorded; step 8 is between the syncs of 6 and
-  # 9, whose record counts the weights moved since the sync of 6.
-  run = RUN + ['--track-syncs']
-  full, cut = tmp_path / 'full', tmp_path / 'cut'
-  assert train.main(run + ['--out', str(full)]) == 0
-  interrupt_at(INTERRUPT_AT, run + ['--out', str(cut)], monkeypatch)
-  assert train.main(run + ['--out', str(cut), '--resume']) == 0
-  a = json.loads((full / 'results.json').read_text())['sync_records']
-  b = json.loads((cut / 'results.json').read_text())['sync_records']
-  assert [r['step'] for r in a] == [3, 6, 9, 12]
-  assert a == b
 
 
 def test_spans_split_at_checkpoints():
