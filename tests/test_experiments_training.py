@@ -172,7 +172,7 @@ def test_paper_presets_take_a_few_steps_on_fake_data(preset, tmp_path):
                       'fake')
   if isinstance(cfg.get('density'), list) and len(cfg['density']) == 1:
     cfg['density'] = cfg['density'][0]
-  cfg.update(batch_size=8, k='2', max_steps=3)
+  cfg.update(batch_size=8, k='2', max_steps=4)  # ends on a sync
   run = training.run(training.RunConfig(**cfg), fake, progress=False)
   assert_trained_params_are_a_synced_theta0(run)
   assert np.isfinite(run.results['history'][-1]['test_loss'])
