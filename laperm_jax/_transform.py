@@ -30,11 +30,11 @@ the cond by :func:`_after_cond`.
 from __future__ import annotations
 
 from collections.abc import Callable
-import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from laperm_jax import _pool
@@ -223,6 +223,88 @@ def _select_update(is_sync: jax.Array, entries: PyTree, sync_updates: PyTree,
                       is_leaf=_pool.is_pool_entry)
 
 
+class _StepInputs(NamedTuple):
+  """What the sync cond's branches read besides the state they return.
+
+  Passed to the branches as operands, never closed over: the branches are
+  then the same two functions at every call, and ``lax.cond`` traces and
+  compiles them once. (Branches that close over a step's arrays are new
+  functions at every call: an un-jitted ``update`` would compile its cond
+  again at every step, and keep every compiled copy.)
+  """
+  updates: PyTree
+  inner_state: PyTree
+  params: PyTree
+  entries: PyTree
+  extra_args: dict[str, Any]
+
+
+Branch = Callable[..., tuple[PyTree, PyTree, PyTree, jax.Array]]
+
+
+def _sync_branches(inner: optax.GradientTransformationExtraArgs,
+                   beta: _residual.Carry | None, track_changes: bool,
+                   variant: str | None) -> tuple[Branch, Branch]:
+  """The sync cond's branches, functions of ``(step, token, changes,
+  residual)`` returning ``(updates, changes, residual, token)``."""
+  def inner_updates_of(step: _StepInputs) -> PyTree:
+    return inner.update(step.updates, step.inner_state, params=step.params,
+                        **step.extra_args)[0]
+
+  def sync(step, token, changes, residual):
+    params_def = jax.tree.structure(step.params)
+    deltas, reconnected, new_residual = _sync(
+        step.entries, step.params, inner_updates_of(step),
+        _params_shaped(residual, params_def) if beta is not None else None,
+        beta, variant)
+    if track_changes:
+      changes = _sync_changes(step.entries, _params_shaped(
+          changes.previous, params_def), reconnected)
+    return (deltas, changes, residual if beta is None else new_residual,
+            jnp.maximum(token, 0))  # computed, never forwarded: _after_cond
+
+  def no_sync(step, token, changes, residual):
+    u_avals = jax.eval_shape(lambda: inner_updates_of(step))
+    return (_zero_updates(step.entries, step.params, u_avals), changes,
+            residual, token)
+
+  return sync, no_sync
+
+
+def _as_operands(branches: tuple[Branch, Branch], step: _StepInputs
+                 ) -> tuple[tuple[Branch, ...], _StepInputs]:
+  """The branches and the step to pass them as operands.
+
+  Extra args that are not all arrays (a callable, a Python flag the inner
+  optimizer branches on) cannot be operands: they are closed over instead,
+  and an un-jitted update then compiles its cond at every call.
+  """
+  if all(isinstance(x, (jax.Array, np.ndarray, np.generic))
+         for x in jax.tree.leaves(step.extra_args)):
+    return branches, step
+  extra_args = step.extra_args
+
+  def closing_over_extra_args(branch):
+    return lambda step, *rest: branch(step._replace(extra_args=extra_args),
+                                      *rest)
+  return (tuple(closing_over_extra_args(b) for b in branches),
+          step._replace(extra_args={}))
+
+
+def _reset_branches(inner: optax.GradientTransformation
+                    ) -> tuple[Callable[..., PyTree], Callable[..., PyTree]]:
+  """The inner-state reset cond's branches, functions of ``(inner_state,
+  params, updates)``: a fresh state (step 5) on a sync, else the state."""
+  def reset(inner_state, params, updates):
+    return _fresh_inner_state(inner.init, params, inner_state, updates)
+
+  def keep(inner_state, params, updates):
+    del params, updates
+    return inner_state
+
+  return reset, keep
+
+
 def _init_changes(pool: PyTree, params: PyTree) -> SyncChanges:
   previous = jax.tree.map(
       lambda entry, p: entry if _pool.is_masked(entry) else jnp.asarray(p),
@@ -360,43 +442,29 @@ def laperm(
     return _init_state(inner, params, mask, vector_axes, track_changes,
                        beta is not None)
 
+  sync_branches = _sync_branches(inner, beta, track_changes, reconnect_variant)
+  reset_branches = _reset_branches(inner)
+
   def update_fn(updates: PyTree, state: LaPermState,
                 params: PyTree | None = None, **extra_args: Any
                 ) -> tuple[PyTree, LaPermState]:
     entries = _pool_for_update(params, state.pool)
-    params_def = jax.tree.structure(params)
     steps_since_sync = state.steps_since_sync + 1
     is_sync = steps_since_sync >= _sync_period.period_at(sync_period,
                                                          state.count)
-    inner_update = functools.partial(inner.update, params=params, **extra_args)
-
-    def sync(token, changes, residual):
-      inner_updates, _ = inner_update(updates, state.inner_state)
-      deltas, reconnected, new_residual = _sync(
-          entries, params, inner_updates,
-          _params_shaped(residual, params_def) if beta is not None else None,
-          beta, reconnect_variant)
-      if track_changes:
-        changes = _sync_changes(
-            entries, _params_shaped(changes.previous, params_def), reconnected)
-      return (deltas, changes, residual if beta is None else new_residual,
-              jnp.maximum(token, 0))  # computed, never forwarded: _after_cond
-
-    def no_sync(token, changes, residual):
-      u_avals = jax.eval_shape(inner_update, updates, state.inner_state)[0]
-      return _zero_updates(entries, params, u_avals), changes, residual, token
-
+    (sync, no_sync), step = _as_operands(sync_branches, _StepInputs(
+        updates, state.inner_state, params, entries, extra_args))
     deltas, changes, residual, token = jax.lax.cond(
-        is_sync, sync, no_sync, state.count,
+        is_sync, sync, no_sync, step, state.count,
         state.changes if track_changes else (),
         state.residual if beta is not None else ())
-    inner_updates, inner_state = inner_update(_after_cond(token, updates),
-                                              state.inner_state)
+    inner_updates, inner_state = inner.update(
+        _after_cond(token, updates), state.inner_state, params=params,
+        **extra_args)
     new_updates = _select_update(is_sync, entries, deltas, inner_updates)
     if reset_inner_state:
-      inner_state = jax.lax.cond(
-          is_sync, functools.partial(_fresh_inner_state, inner.init, params),
-          lambda s, _: s, inner_state, new_updates)
+      inner_state = jax.lax.cond(is_sync, *reset_branches, inner_state,
+                                 params, new_updates)
     return new_updates, state._replace(
         count=optax.safe_increment(state.count),
         steps_since_sync=jnp.where(is_sync, 0, steps_since_sync).astype(

@@ -83,6 +83,29 @@ def test_extra_args_are_forwarded_to_the_inner_optimizer():
     tx.update(grads, state, params)
 
 
+def test_extra_args_that_are_not_arrays_reach_both_branches():
+  """A callable or a Python flag cannot be a cond operand: it is closed over."""
+  def update(updates, state, params=None, *, scale_fn, negate):
+    del params
+    sign = -1.0 if negate else 1.0
+    return jax.tree.map(lambda g: sign * scale_fn(g), updates), state
+  inner = optax.GradientTransformationExtraArgs(lambda _: optax.EmptyState(),
+                                                update)
+  params = {'w': jnp.asarray([[3., 1.], [2., 4.]])}
+  grads = {'w': jnp.asarray([[0., 0.], [0., 1.]])}
+  tx = laperm_jax.laperm(inner, 2)
+  state = tx.init(params)
+  steps = []
+  for _ in range(2):  # a non-sync step, then a sync
+    updates, state = tx.update(grads, state, params, scale_fn=lambda g: 3 * g,
+                               negate=True)
+    steps.append(optax.apply_updates(params, updates)['w'])
+  np.testing.assert_array_equal(steps[0], [[3., 1.], [2., 1.]])
+  # The candidate [[3, 1], [2, 1]] ranks column 1 as (1, 1): a tie, kept in
+  # place; column 0 keeps its order.
+  np.testing.assert_array_equal(steps[1], params['w'])
+
+
 # --- vector_axes as a callable --------------------------------------------------
 def test_callable_vector_axes_is_called_with_params_and_used():
   rng = np.random.default_rng(1)

@@ -98,3 +98,37 @@ def test_zero_gradient_signs_and_nans_pass_unchanged():
       np.signbit(np.asarray(updates['w'])), np.signbit(np.asarray(grads['w'])))
   np.testing.assert_array_equal(np.asarray(updates['w']),
                                 np.asarray(grads['w']))
+
+
+@pytest.mark.parametrize('options', [
+    {}, {'reset_inner_state': True, 'track_changes': True,
+         'carry_residual': 0.5}])
+def test_an_unjitted_update_compiles_only_in_its_first_period(options):
+  """Un-jitted, each step runs op by op and the cond holding the sync is one
+  compiled program: compiled at the first call, reused at every later one."""
+  params = make_params()
+  grads = jax.tree.map(jnp.ones_like, params)
+  tx = laperm_jax.laperm(optax.adam(1e-3), 2, **options)
+  state = tx.init(params)
+
+  def steps(n):
+    nonlocal params, state
+    for _ in range(n):
+      updates, state = tx.update(grads, state, params, value=jnp.float32(1))
+      params = optax.apply_updates(params, updates)
+    jax.block_until_ready(params)
+
+  steps(2)  # a non-sync step and a sync
+  compiles = []
+
+  def count(event, duration, **kwargs):
+    del duration, kwargs
+    if event == '/jax/core/compile/backend_compile_duration':
+      compiles.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(count)
+  try:
+    steps(4)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(count)
+  assert not compiles
