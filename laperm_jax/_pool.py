@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 import dataclasses
 import functools
 from typing import Any
@@ -120,7 +120,8 @@ def sorted_pool(params: PyTree, *, mask: Mask = None,
     name = _layouts.leaf_name(path)
     check_reconnectable(leaf, name)
     axes = _layouts.normalize_vector_axes(spec, jnp.ndim(leaf), name)
-    values = _rows.on_rows(_ranking.sort_rows, leaf, axes)
+    values = _rows.on_rows(_ranking.sort_rows, leaf, axes,
+                           trace_key=_ranking.trace_key())
     entries.append(PoolLeaf(jax.tree.map(lambda _, v=values: v, node), axes))
   return jax.tree.unflatten(treedef, entries)
 
@@ -255,9 +256,19 @@ def reconnect(params: PyTree, pool: PyTree, *,
 def reconnect_leaf(entry: PoolLeaf, leaf: jax.typing.ArrayLike,
                    variant: str | None = None) -> jax.Array:
   """One leaf's pool values in the rank order of ``leaf``, per vector."""
-  return _rows.on_rows(
-      functools.partial(_ranking.reconnect_rows, variant=variant), leaf,
-      entry.vector_axes, entry.values)
+  return _rows.on_rows(_reconnect_rows_with(variant), leaf, entry.vector_axes,
+                       entry.values, trace_key=_ranking.trace_key(variant))
+
+
+@functools.cache
+def _reconnect_rows_with(variant: str | None
+                         ) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """:func:`laperm_jax._ranking.reconnect_rows` with ``variant``, the same
+  function at every call (:func:`laperm_jax._rows.on_rows` keeps its
+  compiled program)."""
+  def reconnect_rows(current: jax.Array, pool: jax.Array) -> jax.Array:
+    return _ranking.reconnect_rows(current, pool, variant=variant)
+  return reconnect_rows
 
 
 def pool_like(params: PyTree, pool: PyTree) -> PyTree:
@@ -319,10 +330,14 @@ def is_permutation_of_pool(params: PyTree, pool: PyTree, *,
       results.append(optax.MaskedNode())
       continue
     results.append(_rows.on_rows(
-        lambda rows, pool_rows: jnp.all(
-            same_values(_ranking.sort_rows(rows), pool_rows), axis=-1),
-        leaf, entry.vector_axes, entry.values, rows_out=False).all())
+        _rows_match_pool, leaf, entry.vector_axes, entry.values,
+        rows_out=False, trace_key=_ranking.trace_key()).all())
   return jax.tree.unflatten(jax.tree.structure(params), results)
+
+
+def _rows_match_pool(rows: jax.Array, pool_rows: jax.Array) -> jax.Array:
+  """Per row: whether the row, sorted, is its pool row value for value."""
+  return jnp.all(same_values(_ranking.sort_rows(rows), pool_rows), axis=-1)
 
 
 def is_sorted(entry: PoolLeaf) -> jax.Array:

@@ -179,6 +179,18 @@ def forced_variant(variant: str | None = None) -> str | None:
   return variant
 
 
+def trace_key(variant: str | None = None) -> tuple[str | None, int]:
+  """What a trace of the row kernels reads besides its arguments: the
+  forced variant (``variant`` or the environment) and the CPU block size.
+
+  Example:
+    >>> from laperm_jax._ranking import trace_key
+    >>> trace_key('keyed')[0]
+    'keyed'
+  """
+  return forced_variant(variant), CPU_BLOCK_ELEMENTS
+
+
 def _by_platform(fn: Callable[[str], Callable[..., jax.Array]],
                  variant: str | None, *args: jax.Array) -> jax.Array:
   """Runs ``fn(name)(*args)`` for the forced or per-platform variant."""

@@ -13,7 +13,8 @@ rows are batching dimensions, row blocks are strided), so an
 output-axis-sharded kernel syncs with no collective there too.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+import functools
 import math
 
 import jax
@@ -180,14 +181,40 @@ def from_rows(rows: jax.Array, axes: tuple[int, ...], shape) -> jax.Array:
 
 
 def on_rows(fn: Callable[..., jax.Array], leaf, axes: tuple[int, ...],
-            *others, rows_out: bool = True) -> jax.Array:
+            *others, rows_out: bool = True, trace_key: Hashable = None
+            ) -> jax.Array:
   """Applies ``fn`` to the rows of ``leaf`` (and of ``others``, same shape).
 
   The one place where leaves meet the row kernels: a sharded leaf is laid out
   so that no vector axis is sharded, and a leaf-shaped result (``rows_out``)
   is put back on ``leaf``'s shape and sharding; otherwise ``fn``'s output is
   returned as it is.
+
+  Called outside ``jit`` (on arrays, not tracers), the whole computation is
+  one compiled program, kept for the next leaf of the same shape, dtype and
+  sharding (op by op, each of its operations would compile on its own). It is
+  kept per ``(fn, axes, rows_out, trace_key)``: ``fn`` must be the same
+  object at every call (a module-level function), and ``trace_key`` must
+  hold whatever else the trace reads (a variant chosen by the environment).
   """
+  if any(isinstance(x, jax.core.Tracer) for x in (leaf, *others)):
+    return _traced_on_rows(fn, axes, rows_out, leaf, *others)
+  leaf = jnp.asarray(leaf)
+  out = _compiled_on_rows(fn, axes, rows_out, trace_key)(
+      leaf, *map(jnp.asarray, others))
+  return restore_sharding(out, leaf, None) if rows_out else out
+
+
+@functools.cache
+def _compiled_on_rows(fn: Callable[..., jax.Array], axes: tuple[int, ...],
+                      rows_out: bool, trace_key: Hashable
+                      ) -> Callable[..., jax.Array]:
+  del trace_key  # a key of the cache only
+  return jax.jit(functools.partial(_traced_on_rows, fn, axes, rows_out))
+
+
+def _traced_on_rows(fn: Callable[..., jax.Array], axes: tuple[int, ...],
+                    rows_out: bool, leaf, *others) -> jax.Array:
   leaf = jnp.asarray(leaf)
   target = sort_sharding(leaf, axes)
   rows = [to_rows(to_sort_sharding(jnp.asarray(x), target), axes)

@@ -1,7 +1,13 @@
-"""Suite-wide settings: no user compilation cache, hypothesis profiles, and
-how xdist shares work.
+"""Suite-wide settings: a compilation cache of the session's own, hypothesis
+profiles, and how xdist shares work.
 
-The suite never writes to the user's compilation cache (nor reads it).
+The suite never writes to the user's compilation cache (nor reads it). It
+keeps its own, in a fresh temporary directory that lives as long as the
+session: the workers and every process the tests start share the programs
+they compile (many CLI runs compile the same small models). A cached program
+is the compiled program. A test that claims something about compiling itself
+(that a fresh process computes the same bits) starts its processes with
+``JAX_ENABLE_COMPILATION_CACHE=false``.
 
 Property tests take their number of examples from a hypothesis profile:
 'default' (10 examples) or 'thorough' (25, what CI runs), chosen by the
@@ -14,14 +20,34 @@ fixture again. The scheduler below keeps those modules whole and spreads
 every other test on its own.
 """
 
+import atexit
 import os
 import pathlib
 import re
+import shutil
+import tempfile
 
 import hypothesis
 import pytest
 
-os.environ['LAPERM_JAX_COMPILE_CACHE'] = '0'
+os.environ['LAPERM_JAX_COMPILE_CACHE'] = '0'  # the CLI's user cache: off
+SESSION_CACHE = 'LAPERM_JAX_TEST_SESSION_CACHE'
+
+
+def use_a_session_compile_cache() -> None:
+  """Points JAX at this session's cache, made by the first process (the
+  xdist controller, whose environment the workers inherit)."""
+  directory = os.environ.get(SESSION_CACHE)
+  if directory is None or not os.path.isdir(directory):
+    directory = tempfile.mkdtemp(prefix='laperm-jax-tests-')
+    os.environ[SESSION_CACHE] = directory
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = directory
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+
+
+use_a_session_compile_cache()
 
 hypothesis.settings.register_profile('default', max_examples=10)
 hypothesis.settings.register_profile('thorough', max_examples=25)

@@ -36,7 +36,9 @@ def saved(tmp_path_factory):
 def test_resume_in_a_fresh_process_is_bit_identical(saved, tmp_path):
   directory, expected, _ = saved
   out = tmp_path / 'resumed.npz'
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  # A fresh process that compiles every program itself.
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             JAX_ENABLE_COMPILATION_CACHE='false')
   proc = subprocess.run(
       [sys.executable, '-W', 'error',
        str(ROOT / 'tests' / 'checkpoint_checks.py'), 'resume', str(directory),

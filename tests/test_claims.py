@@ -106,6 +106,43 @@ def test_extra_args_that_are_not_arrays_reach_both_branches():
   np.testing.assert_array_equal(steps[1], params['w'])
 
 
+def lowerings_during(fn) -> int:
+  """How many programs JAX lowers while ``fn`` runs (cached or not)."""
+  events = []
+
+  def count(event, duration, **kwargs):
+    del duration, kwargs
+    if event == '/jax/core/compile/jaxpr_to_mlir_module_duration':
+      events.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(count)
+  try:
+    jax.block_until_ready(fn())
+  finally:
+    jax.monitoring.unregister_event_duration_listener(count)
+  return len(events)
+
+
+def test_pool_functions_outside_jit_compile_one_program_per_kind_of_leaf(
+    monkeypatch):
+  monkeypatch.delenv('LAPERM_JAX_RECONNECT_VARIANT', raising=False)
+  rng = np.random.default_rng(3)
+  shape = (7, 13)  # a shape no other test uses: nothing is compiled yet
+  params = {name: jnp.asarray(rng.normal(size=shape), jnp.float32)
+            for name in ('a', 'b')}
+  current = {name: jnp.asarray(rng.normal(size=shape), jnp.float32)
+             for name in ('a', 'b')}
+  # Two leaves of one shape, dtype and axes: one program, run for each.
+  assert lowerings_during(lambda: laperm_jax.sorted_pool(params)) == 1
+  assert lowerings_during(lambda: laperm_jax.sorted_pool(current)) == 0
+  pool = laperm_jax.sorted_pool(params)
+  assert lowerings_during(lambda: laperm_jax.reconnect(current, pool)) == 1
+  assert lowerings_during(lambda: laperm_jax.reconnect(params, pool)) == 0
+  # The variant the environment forces is part of what is compiled.
+  monkeypatch.setenv('LAPERM_JAX_RECONNECT_VARIANT', 'keyed_cosort')
+  assert lowerings_during(lambda: laperm_jax.reconnect(current, pool)) == 1
+
+
 # --- vector_axes as a callable --------------------------------------------------
 def test_callable_vector_axes_is_called_with_params_and_used():
   rng = np.random.default_rng(1)

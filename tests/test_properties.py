@@ -218,7 +218,9 @@ def test_deterministic_within_a_process(tree_spec):
 def same_platform_env() -> dict:
   # The fresh process must run on this process's backend: bits are only
   # comparable on one platform (Adam's arithmetic differs between CPU and GPU).
-  env = dict(os.environ)
+  # It compiles every program itself: the session's compilation cache would
+  # hand it this process's programs.
+  env = dict(os.environ, JAX_ENABLE_COMPILATION_CACHE='false')
   if jax.default_backend() == 'cpu':
     env['JAX_PLATFORMS'] = 'cpu'
   return env
