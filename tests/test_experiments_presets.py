@@ -36,9 +36,10 @@ def fake_dataset(name):
 # One real run per model family that is cheap on CPU; every preset (ResNet50
 # and Conv13 included, whose CPU compile alone takes a minute) is traced.
 # LeNet runs for real in the README command (and F1 in the resume tests).
-# Conv7 compiles for longest: its run is slow, the conv path runs in Conv2.
+# The convnets' runs are heavy (-m slow); their steps are traced below.
 RUN = (pytest.param('cpu_conv7_mnist5k', marks=pytest.mark.slow),
-       'paper_conv2_cifar10', 'paper_f2_mnist')
+       pytest.param('paper_conv2_cifar10', marks=pytest.mark.slow),
+       'paper_f2_mnist')
 # Presets that differ from a traced sibling only in their numbers (the
 # density of a pruned ResNet): traced with -m slow.
 TRACED_SLOW = ('paper_resnet50_cifar10_pruned30',

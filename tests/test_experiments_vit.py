@@ -140,6 +140,7 @@ def test_tiny_vit_sync_records_moves_per_reconnected_leaf(tiny_run):
         record['changed_fraction'])
 
 
+@pytest.mark.slow  # two ViT compiles; the tiny run above takes --layout
 def test_layouts_command_writes_one_row_per_layout(tmp_path):
   out = tmp_path / 'layouts'
   assert vit_layouts.main(['--preset', 'tiny_vit_digits', '--max-steps', '5',
