@@ -43,6 +43,7 @@ RUN = (pytest.param('cpu_conv7_mnist5k', marks=pytest.mark.slow),
 # Presets that differ from a traced sibling only in their numbers (the
 # density of a pruned ResNet): traced with -m slow.
 TRACED_SLOW = ('paper_resnet50_cifar10_pruned30',
+               'paper_resnet50_cifar10_pruned50',
                'paper_resnet50_cifar10_pruned70')
 
 

@@ -188,6 +188,9 @@ def _text(lines):
   return ''.join(iter(lambda: lines.get(timeout=30), None))
 
 
+# Heavy (a two-process CLI run, killed): the launcher's own fail-fast runs in
+# the default suite (test_multiprocess.py).
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='/proc')
 def test_killed_process_ends_the_run_with_a_clear_error(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu')

@@ -182,7 +182,10 @@ def test_update_without_params_says_how_to_call_it():
     tx.update(grads_at(1), state)
 
 
-@pytest.mark.parametrize('name', sparse_baselines.OPTIMIZERS)
+# SET rewires within a few epochs; the other two CLI runs are heavy runs.
+@pytest.mark.parametrize('name', [
+    name if name == 'set' else pytest.param(name, marks=pytest.mark.slow)
+    for name in sparse_baselines.OPTIMIZERS])
 def test_each_baseline_trains_through_the_cli(name, tmp_path):
   pytest.importorskip('mlxtend', reason='needs the experiments extra')
   from experiments import train  # pylint: disable=import-outside-toplevel
