@@ -61,7 +61,23 @@ def modules_sharing_a_fixture(directory: pathlib.Path) -> frozenset[str]:
                    if pattern.search(path.read_text()))
 
 
+def modules_starting_processes(directory: pathlib.Path) -> frozenset[str]:
+  """The test modules of ``directory`` that start other processes."""
+  return frozenset(path.name for path in directory.glob('test_*.py')
+                   if 'subprocess' in path.read_text())
+
+
 SHARED_FIXTURE_MODULES = modules_sharing_a_fixture(pathlib.Path(__file__).parent)
+# Their tests take the longest: they run first, so that no worker is left
+# with one of them at the end while the others have finished.
+HEAVY_MODULES = SHARED_FIXTURE_MODULES | modules_starting_processes(
+    pathlib.Path(__file__).parent)
+
+
+def pytest_collection_modifyitems(items):
+  """The tests of :data:`HEAVY_MODULES` first, in their collected order."""
+  items.sort(key=lambda item: item.nodeid.split('::', 1)[0].rsplit(
+      '/', 1)[-1] not in HEAVY_MODULES)
 
 
 def scope_of(nodeid: str) -> str:
@@ -81,9 +97,14 @@ def scope_of(nodeid: str) -> str:
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-  """Under ``--dist load`` (the default), schedules by :func:`scope_of`."""
+  """Under ``--dist load`` (the default), schedules by :func:`scope_of`, in
+  the collected order."""
   if config.getvalue('dist') != 'load':
     return None
+  # Work units go out in the collected order (heavy modules first), not
+  # sorted by their number of tests.
+  if hasattr(config.option, 'loadscopereorder'):
+    config.option.loadscopereorder = False
   from xdist.scheduler import LoadScopeScheduling  # pylint: disable=import-outside-toplevel
 
   class SharedFixtureScheduling(LoadScopeScheduling):
