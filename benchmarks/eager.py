@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
-import json
 import os
 import statistics
 import sys
@@ -34,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import provenance
+from benchmarks import records
 import laperm_jax
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,18 +133,7 @@ def main(argv: list[str] | None = None) -> int:
   record = {'steps': measure_steps(args.periods),
             'pool': measure_pool(args.pool_rounds)}
   print(render(record))
-  # Provenance first: opening a committed result file for writing would
-  # make the checkout look dirty.
-  record = dict(command='python -m benchmarks.eager ' +
-                ' '.join(argv if argv is not None else sys.argv[1:]),
-                date=datetime.datetime.now(datetime.UTC)
-                .isoformat(timespec='seconds'),
-                **record, provenance=provenance.collect())
-  os.makedirs(args.out, exist_ok=True)
-  path = os.path.join(args.out, 'eager.json')
-  with open(path, 'w', encoding='utf-8') as f:
-    json.dump(record, f, indent=1)
-    f.write('\n')
+  path = records.write(args.out, 'eager.json', 'benchmarks.eager', argv, record)
   print(f'wrote {path}')
   return 0
 

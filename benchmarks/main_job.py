@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from experiments import provenance
+from benchmarks import records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIMIZERS = ('laperm', 'adam')
@@ -131,18 +131,8 @@ def main(argv: list[str] | None = None) -> int:
           f'{pair["process_wall"]:.2f}x, a sync = '
           f'{pair["sync_cost_plain_steps"]:.1f} plain steps')
   print(table(summary))
-  # Provenance first: opening a committed result file for writing would
-  # make the checkout look dirty.
-  record = dict(command='python -m benchmarks.main_job ' +
-                ' '.join(argv if argv is not None else sys.argv[1:]),
-                date=datetime.datetime.now(datetime.UTC)
-                .isoformat(timespec='seconds'),
-                runs=runs, **summary, provenance=provenance.collect())
-  os.makedirs(args.out, exist_ok=True)
-  path = os.path.join(args.out, 'main_job.json')
-  with open(path, 'w', encoding='utf-8') as f:
-    json.dump(record, f, indent=1)
-    f.write('\n')
+  path = records.write(args.out, 'main_job.json', 'benchmarks.main_job',
+                       argv, dict(runs=runs, **summary))
   print(f'wrote {path}')
   return 0
 
